@@ -1,0 +1,121 @@
+"""The stream's data flow: validate → sequence table → trigger → recommend → ``recs.out``.
+
+Bad records go to ``events.dlq`` with their raw bytes and the reason; the agent
+never stops for one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+from streams.app import app, dlq_topic, events_topic, recs_topic, sequences, settings
+from streams.sequence_table import UserSequence
+from streams.trigger import IdleTracker, TriggerPolicy
+from stylestream.recommender import HistoryItem, Recommender, RecommendRequest
+from stylestream.records import BadRecord, ClickEvent, DeadLetter, PurchaseEvent, Recommendation, parse_event
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Stats:
+    received: int = 0
+    processed: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    recs_published: int = 0
+
+
+stats = Stats()
+policy = TriggerPolicy(settings.trigger_every_clicks, settings.trigger_idle_seconds)
+idle = IdleTracker(settings.trigger_idle_seconds)
+_recommender: Recommender | None = None
+
+
+def recommender() -> Recommender:
+    """The recommender, loaded once per worker (the baseline unless one was installed)."""
+    global _recommender
+    if _recommender is None:
+        from streams.baseline import BaselineRecommender
+
+        _recommender = BaselineRecommender.from_folder(settings.dataset_dir)
+        log.info("recommender %s loaded from %s", _recommender.model_version, settings.dataset_dir)
+    return _recommender
+
+
+def install_recommender(rec: Recommender) -> None:
+    """Replace the baseline (the LLM path plugs in here)."""
+    global _recommender
+    _recommender = rec
+
+
+@app.agent(events_topic)
+async def sequence_events(stream):
+    async for event in stream.events():
+        stats.received += 1
+        msg = event.message
+        try:
+            ev = parse_event(msg.topic, msg.value)
+            if msg.key is not None and msg.key.decode(errors="replace") != ev.user_id:
+                raise BadRecord(f"key {msg.key[:64]!r} does not match user_id {ev.user_id!r}")
+        except BadRecord as exc:
+            await dead_letter(msg.topic, msg.partition, msg.offset, msg.value, str(exc))
+            continue
+        await apply_event(ev, msg.timestamp)
+
+
+async def apply_event(ev: ClickEvent | PurchaseEvent, sent_at: float) -> None:
+    seq = UserSequence.from_dict(sequences[ev.user_id])
+    if not seq.add(ev, settings.sequence_length):
+        stats.duplicates += 1
+        return
+    kind = "purchase" if isinstance(ev, PurchaseEvent) else "click"
+    fire = policy.on_event(kind, seq.clicks_since_rec)
+    if fire:
+        seq.clicks_since_rec = 0
+    sequences[ev.user_id] = seq.to_dict()
+    stats.processed += 1
+    idle.touch(ev.user_id, ev.event_id, answered=fire)
+    if fire:
+        await publish_recommendation(ev.user_id, seq, ev.event_id, sent_at)
+
+
+async def publish_recommendation(user_id: str, seq: UserSequence, trigger_event_id: str, since: float) -> None:
+    history = [HistoryItem(e.item_id, e.kind, e.ts) for e in seq.events]
+    rec = recommender()
+    result = await rec.recommend(RecommendRequest(user_id, history, settings.recs_k))
+    now = time.time()
+    out = Recommendation(request_id=uuid.uuid4().hex, user_id=user_id, trigger_event_id=trigger_event_id,
+                         items=result.items, generated_text=result.generated_text,
+                         model_version=rec.model_version, produced_at=now,
+                         latency_ms=round(max(0.0, now - since) * 1000, 3))
+    await recs_topic.send(key=user_id.encode(), value=out.to_bytes())
+    stats.recs_published += 1
+
+
+async def dead_letter(topic: str, partition: int, offset: int, raw: bytes | None, reason: str) -> None:
+    letter = DeadLetter(topic=topic, partition=partition, offset=offset, raw=raw or b"", error=reason)
+    await dlq_topic.send(key=None, value=letter.to_bytes())
+    stats.dead_lettered += 1
+    log.warning("dead-lettered %s[%d]@%d: %s", topic, partition, offset, reason)
+
+
+@app.timer(interval=1.0)
+async def idle_triggers() -> None:
+    for user_id, event_id in idle.due():
+        seq = UserSequence.from_dict(sequences.get(user_id))
+        if seq.events:
+            await publish_recommendation(user_id, seq, event_id, time.time())
+
+
+@app.page("/stats/")
+async def stats_page(web, request):
+    return web.json(vars(stats))
+
+
+@app.page("/users/{user_id}/")
+async def user_page(web, request, user_id: str):
+    return web.json(sequences.get(user_id) or {})

@@ -1,0 +1,41 @@
+"""The Faust app: one app object, its topics and the per-user sequence table.
+
+Configured from :class:`stylestream.config.Settings` (environment variables), so
+``python -m streams worker`` started by the dev stack, by Kubernetes or by hand
+reads the same settings.
+"""
+
+from __future__ import annotations
+
+import faust
+
+from stylestream.config import Settings
+from stylestream.records import CLICKS, DLQ, PURCHASES, RECS
+
+settings = Settings.from_env()
+
+app = faust.App(
+    "stylestream",
+    broker=f"kafka://{settings.kafka_bootstrap_servers or '127.0.0.1:9092'}",
+    store="memory://",
+    topic_partitions=settings.topic_partitions,
+    topic_replication_factor=1,
+    table_standby_replicas=0,
+    broker_session_timeout=settings.session_timeout,
+    broker_heartbeat_interval=1,
+    broker_commit_interval=settings.commit_interval,
+    consumer_auto_offset_reset="earliest",
+    web_bind="127.0.0.1",
+    web_port=settings.worker_web_port,
+    web_in_thread=False,
+    datadir=str(settings.home / "faust"),
+    autodiscover=False,
+)
+
+# Raw bytes in: validation is ours, so a bad record becomes a dead letter, not a crash.
+events_topic = app.topic(CLICKS, PURCHASES, key_serializer="raw", value_serializer="raw")
+recs_topic = app.topic(RECS, key_serializer="raw", value_serializer="raw")
+dlq_topic = app.topic(DLQ, key_serializer="raw", value_serializer="raw")
+
+sequences = app.Table("sequences", default=dict, partitions=settings.topic_partitions,
+                      key_type=str, value_type=dict, help="rolling per-user event sequence")

@@ -1,0 +1,93 @@
+"""One configuration object for every part of stylestream.
+
+Every field is read from an environment variable ``STYLESTREAM_<FIELD>`` (upper case);
+two well-known variables keep their usual names: ``KAFKA_BOOTSTRAP_SERVERS`` and
+``MILVUS_URI``. When either of those is set, the embedded dev stack starts nothing
+for that part and connects to the given service instead.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+PREFIX = "STYLESTREAM_"
+PLAIN_NAMES = {"kafka_bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS", "milvus_uri": "MILVUS_URI"}
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime settings. Field docs double as the README's configuration table."""
+
+    home: Path = field(default=Path(".stylestream"), metadata={"doc": "working folder: data, broker files, Milvus Lite file, logs"})
+    kafka_bootstrap_servers: str = field(default="", metadata={"doc": "external Kafka; empty = start the embedded broker"})
+    broker: str = field(default="noida", metadata={"doc": "embedded broker: noida (persistent, exact offsets) or tansu (memory, fast)"})
+    milvus_uri: str = field(default="", metadata={"doc": "external Milvus; empty = Milvus Lite file under home"})
+    topic_partitions: int = field(default=4, metadata={"doc": "partitions of the event topics and of the table changelog"})
+    sequence_length: int = field(default=50, metadata={"doc": "events kept per user in the rolling sequence"})
+    dedup_window: int = field(default=256, metadata={"doc": "recent event_ids kept per user to drop redeliveries"})
+    trigger_every_clicks: int = field(default=5, metadata={"doc": "recommend after every k-th click (0 = never on clicks)"})
+    trigger_idle_seconds: float = field(default=30.0, metadata={"doc": "recommend when a user with unserved clicks is idle this long (0 = off)"})
+    recs_k: int = field(default=10, metadata={"doc": "items per recommendation"})
+    dataset: Path = field(default=Path(""), metadata={"doc": "data set folder the worker's recommender loads (empty = home/data/synth)"})
+    worker_web_port: int = field(default=6066, metadata={"doc": "Faust worker web port (stats, sequences)"})
+    commit_interval: float = field(default=1.0, metadata={"doc": "seconds between offset commits"})
+    session_timeout: float = field(default=6.0, metadata={"doc": "consumer group session timeout; small so joins take seconds"})
+    ray_dashboard_port: int = field(default=8265, metadata={"doc": "local Ray dashboard port (127.0.0.1 only)"})
+    log_level: str = field(default="INFO", metadata={"doc": "logging level"})
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``env`` (default: ``os.environ``), then apply ``overrides``."""
+        env = dict(os.environ) if env is None else env
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = env_name(f.name)
+            if name in env and env[name] != "":
+                values[f.name] = _parse(name, env[name], hints[f.name])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.broker not in ("noida", "tansu"):
+            raise ConfigError(f"{env_name('broker')} must be 'noida' or 'tansu', not {self.broker!r}")
+        for name in ("topic_partitions", "sequence_length", "dedup_window", "recs_k"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{env_name(name)} must be at least 1, not {getattr(self, name)}")
+
+    @property
+    def dataset_dir(self) -> Path:
+        return self.dataset if str(self.dataset) not in ("", ".") else self.home / "data" / "synth"
+
+    def as_env(self) -> dict[str, str]:
+        """Environment variables that reproduce these settings in a child process."""
+        return {env_name(k): str(v) for k, v in asdict(self).items()}
+
+
+def env_name(field_name: str) -> str:
+    return PLAIN_NAMES.get(field_name, PREFIX + field_name.upper())
+
+
+def _parse(name: str, raw: str, kind: Any) -> Any:
+    try:
+        if kind is Path:
+            return Path(raw)
+        if kind is bool:
+            return raw.lower() in ("1", "true", "yes", "on")
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a valid {getattr(kind, '__name__', kind)}") from None
+
+
+def documented_settings() -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) rows for the README and ``stylestream config``."""
+    return [(env_name(f.name), str(f.default), f.metadata.get("doc", "")) for f in fields(Settings)]

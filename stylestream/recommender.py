@@ -1,0 +1,40 @@
+"""The narrow interface between the stream workers and whatever ranks items.
+
+The baseline (popularity within recent categories) and the LLM + mix-up path
+implement the same protocol, so the workers never know which one runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from stylestream.records import RecItem
+
+
+@dataclass(frozen=True)
+class HistoryItem:
+    item_id: str
+    kind: str  # "click" | "purchase"
+    ts: float
+
+
+@dataclass(frozen=True)
+class RecommendRequest:
+    user_id: str
+    history: list[HistoryItem]  # oldest first
+    k: int = 10
+
+
+@dataclass(frozen=True)
+class RecommendResult:
+    items: list[RecItem]
+    generated_text: str = ""
+
+
+class Recommender(Protocol):
+    model_version: str
+
+    async def recommend(self, request: RecommendRequest) -> RecommendResult:
+        """Rank catalog items for the shopper; must not block the event loop for long."""
+        ...
