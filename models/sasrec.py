@@ -325,7 +325,7 @@ def _train_epoch(model: SASRec, w: Windows, opt: torch.optim.Optimizer, batch_si
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        total += float((ce * wt[live]).sum())
+        total += float((ce.detach() * wt[live]).sum())
         weight += float(wt[live].sum())
     return total / max(weight, 1e-9)
 

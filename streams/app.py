@@ -25,6 +25,10 @@ app = faust.App(
     broker_heartbeat_interval=1,
     broker_commit_interval=settings.commit_interval,
     consumer_auto_offset_reset="earliest",
+    # Static membership: a crashed worker restarted under the same id takes its partitions
+    # back at once, instead of waiting for the group to evict the dead member (which
+    # noida-db never does: its dead leader blocks the group forever).
+    consumer_group_instance_id=settings.worker_id,
     web_bind="127.0.0.1",
     web_port=settings.worker_web_port,
     web_in_thread=False,
@@ -37,5 +41,6 @@ events_topic = app.topic(CLICKS, PURCHASES, key_serializer="raw", value_serializ
 recs_topic = app.topic(RECS, key_serializer="raw", value_serializer="raw")
 dlq_topic = app.topic(DLQ, key_serializer="raw", value_serializer="raw")
 
+# Values are plain JSON dicts (see streams.sequence_table), readable by any Kafka client.
 sequences = app.Table("sequences", default=dict, partitions=settings.topic_partitions,
-                      key_type=str, value_type=dict, help="rolling per-user event sequence")
+                      help="rolling per-user event sequence")

@@ -36,6 +36,7 @@ class Settings:
     trigger_idle_seconds: float = field(default=30.0, metadata={"doc": "recommend when a user with unserved clicks is idle this long (0 = off)"})
     recs_k: int = field(default=10, metadata={"doc": "items per recommendation"})
     dataset: Path = field(default=Path(""), metadata={"doc": "data set folder the worker's recommender loads (empty = home/data/synth)"})
+    worker_id: str = field(default="worker-1", metadata={"doc": "static group member id of a stream worker (KIP-345): a restarted worker takes its partitions back at once"})
     worker_web_port: int = field(default=6066, metadata={"doc": "Faust worker web port (stats, sequences)"})
     commit_interval: float = field(default=1.0, metadata={"doc": "seconds between offset commits"})
     session_timeout: float = field(default=6.0, metadata={"doc": "consumer group session timeout; small so joins take seconds"})

@@ -31,6 +31,7 @@ class Worker:
     proc: subprocess.Popen
     web_port: int
     log_path: Path
+    worker_id: str
 
     def get(self, path: str, timeout: float = 5.0) -> Any:
         import json
@@ -49,6 +50,7 @@ class DevStack:
     workers: list[Worker] = field(default_factory=list)
     milvus: Any = None
     ray_started: bool = False
+    workers_started: int = 0
 
     @property
     def bootstrap(self) -> str:
@@ -62,21 +64,27 @@ class DevStack:
         return self.bootstrap
 
     # -- stream workers ------------------------------------------------------------------
-    def worker_env(self, web_port: int) -> dict[str, str]:
+    def worker_env(self, web_port: int, worker_id: str) -> dict[str, str]:
         env = dict(os.environ)
         env.update(self.settings.as_env())
         env.update({"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, "STYLESTREAM_WORKER_WEB_PORT": str(web_port),
-                    "STYLESTREAM_DATASET": str(self.settings.dataset_dir)})
+                    "STYLESTREAM_DATASET": str(self.settings.dataset_dir), "STYLESTREAM_WORKER_ID": worker_id})
         return env
 
     def start_worker(self, timeout: float = 120.0) -> Worker:
-        """Start a Faust worker and wait until it has joined the group and recovered its table."""
+        """Start a Faust worker and wait until it has joined the group and recovered its table.
+
+        Workers take the lowest free id (worker-1, worker-2, ...), so a replacement for a
+        crashed worker reclaims its static group membership and its partitions.
+        """
+        taken = {w.worker_id for w in self.workers}
+        worker_id = next(f"worker-{i}" for i in range(1, len(taken) + 2) if f"worker-{i}" not in taken)
         port = free_port()
-        n = len(self.workers)
-        log_path = self.settings.home / "logs" / f"worker-{n}.log"
+        self.workers_started += 1
+        log_path = self.settings.home / "logs" / f"{worker_id}.{self.workers_started}.log"
         argv = [sys.executable, "-m", "streams", "worker", "-l", self.settings.log_level.lower()]
-        proc = spawn(argv, log_path, env=self.worker_env(port), cwd=Path.cwd())
-        worker = Worker(proc, port, log_path)
+        proc = spawn(argv, log_path, env=self.worker_env(port, worker_id), cwd=Path.cwd())
+        worker = Worker(proc, port, log_path, worker_id)
         self.workers.append(worker)
         wait_until(lambda: _ready(log_path), timeout, "stream worker", proc, log_path)
         log.info("stream worker pid %d ready (web 127.0.0.1:%d)", proc.pid, port)

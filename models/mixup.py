@@ -1,0 +1,392 @@
+"""Mix-up retrieval: ground generated text in the catalog by blending two similarities.
+
+The blended score of item ``i`` for a query made of generated text ``t_q`` and a user
+state ``u`` is (our reading of the paper, see DESIGN.md)
+
+    s(i) = λ·cos(t_q, t_i) + (1 − λ)·cos(u, e_i)
+
+With unit vectors this is ONE inner product, ``s(i) = q · x_i`` with
+
+    q   = [√λ·t̂_q ; √(1−λ)·û]        x_i = [√λ·t̂_i ; √(1−λ)·ê_i]
+
+so every item is stored once, as ``x_i``, in any inner-product vector index (Milvus in
+production, :class:`MixupIndex` here for offline evaluation) and one search answers the
+blended query. λ = 1 is pure title retrieval, λ = 0 pure ID retrieval.
+
+Also here: :class:`IdImputer` (ID embeddings for items the sequential model has not
+seen yet), :class:`QueryMemory` (past search queries mapped to what shoppers took next)
+and :func:`choose_lambda`. Pure numpy; nothing here knows about Milvus.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from models.metrics import recall_at_k, target_ranks
+
+# -- the blend -------------------------------------------------------------------------------
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length; all-zero rows stay zero (cosine 0 with everything)."""
+    x = np.asarray(x, dtype=np.float64)
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
+
+
+def _check_lambda(lam: float) -> None:
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"λ must be in [0, 1], got {lam}")
+
+
+def mixup_item_vectors(title_emb: np.ndarray, id_emb: np.ndarray, lam: float) -> np.ndarray:
+    """x_i = [√λ·t̂_i ; √(1−λ)·ê_i], one row per item: what the vector index stores."""
+    _check_lambda(lam)
+    t, e = np.atleast_2d(title_emb), np.atleast_2d(id_emb)
+    if len(t) != len(e):
+        raise ValueError(f"{len(t)} title rows but {len(e)} ID rows")
+    x = np.concatenate([math.sqrt(lam) * unit(t), math.sqrt(1.0 - lam) * unit(e)], axis=1)
+    return x.astype(np.float32)
+
+
+def mixup_query(text_emb: np.ndarray | None, user_state: np.ndarray | None, lam: float,
+                text_dim: int | None = None, id_dim: int | None = None) -> np.ndarray:
+    """q = [√λ·t̂_q ; √(1−λ)·û] for one query ([d]) or a batch ([b, d]).
+
+    A missing half (no generated text, or a shopper with no state) becomes zeros, so
+    that half contributes nothing; give its dimension (``text_dim`` / ``id_dim``) then.
+    """
+    _check_lambda(lam)
+    one = (text_emb if text_emb is not None else user_state)
+    if one is None:
+        raise ValueError("a mix-up query needs generated text, a user state, or both")
+    single = np.asarray(one).ndim == 1
+    rows = 1 if single else len(one)
+    t = _half(text_emb, rows, text_dim, "text_dim")
+    u = _half(user_state, rows, id_dim, "id_dim")
+    q = np.concatenate([math.sqrt(lam) * unit(t), math.sqrt(1.0 - lam) * unit(u)], axis=1)
+    return q[0].astype(np.float32) if single else q.astype(np.float32)
+
+
+def _half(x: np.ndarray | None, rows: int, dim: int | None, name: str) -> np.ndarray:
+    if x is not None:
+        return np.atleast_2d(np.asarray(x, dtype=np.float64))
+    if dim is None:
+        raise ValueError(f"that half of the query is missing: pass {name}")
+    return np.zeros((rows, dim))
+
+
+def blended_score(text_emb: np.ndarray, user_state: np.ndarray, title_emb: np.ndarray,
+                  id_emb: np.ndarray, lam: float) -> np.ndarray:
+    """s(i) = λ·cos(t_q, t_i) + (1−λ)·cos(u, e_i), computed directly (the reference formula)."""
+    _check_lambda(lam)
+    return lam * (unit(title_emb) @ unit(text_emb)) + (1 - lam) * (unit(id_emb) @ unit(user_state))
+
+
+# -- exact in-memory index -----------------------------------------------------------------------
+
+
+class Hit(NamedTuple):
+    item_id: str
+    score: float
+
+
+class MixupIndex:
+    """Exact inner-product search over stored mix-up vectors (offline evaluation, tests).
+
+    Holds the same vectors the Milvus collection holds, so offline numbers and the
+    served ranking agree up to the approximate index's recall.
+    """
+
+    def __init__(self, item_ids: Sequence[str], vectors: np.ndarray):
+        self.item_ids = np.asarray([str(i) for i in item_ids])
+        self.vectors = np.asarray(vectors, dtype=np.float32)
+        if len(self.item_ids) != len(self.vectors):
+            raise ValueError(f"{len(self.item_ids)} ids but {len(self.vectors)} vectors")
+        self.index = {item: i for i, item in enumerate(self.item_ids)}
+
+    @classmethod
+    def build(cls, item_ids: Sequence[str], title_emb: np.ndarray, id_emb: np.ndarray,
+              lam: float) -> MixupIndex:
+        return cls(item_ids, mixup_item_vectors(title_emb, id_emb, lam))
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def scores(self, q: np.ndarray) -> np.ndarray:
+        """Scores of every item, in stored order ([n] for one query, [b, n] for a batch)."""
+        return np.asarray(q, dtype=np.float32) @ self.vectors.T
+
+    def search(self, q: np.ndarray, k: int = 10,
+               exclude: Sequence[str] | Sequence[Sequence[str]] | None = None
+               ) -> list[Hit] | list[list[Hit]]:
+        """The ``k`` best items, best first; ``exclude`` lists item ids to leave out
+        (one list for a single query, one list per query for a batch)."""
+        single = np.asarray(q).ndim == 1
+        scores = np.atleast_2d(self.scores(q)).astype(np.float64)
+        excl = [exclude] if single else (exclude or [None] * len(scores))
+        out = [self._top(row, k, ex) for row, ex in zip(scores, excl, strict=True)]
+        return out[0] if single else out
+
+    def _top(self, scores: np.ndarray, k: int, exclude: Sequence[str] | None) -> list[Hit]:
+        if exclude:
+            scores[[self.index[i] for i in exclude if i in self.index]] = -np.inf
+        k = min(k, len(scores))
+        if k <= 0:
+            return []
+        best = np.argpartition(-scores, k - 1)[:k]
+        best = best[np.lexsort((best, -scores[best]))]  # score, then catalog order on ties
+        return [Hit(str(self.item_ids[i]), float(scores[i])) for i in best
+                if np.isfinite(scores[i])]
+
+
+# -- ID embeddings for new items ---------------------------------------------------------------
+
+
+class IdImputer:
+    """ID embeddings for items the sequential model never saw, from what they do have.
+
+    New items are the fashion norm; without an ID vector their mix-up vector would only
+    score on title. Order of preference: a ridge projection text→ID fitted on items that
+    have both (captures which title features go with which behaviour), else the mean ID
+    embedding of the item's category, else the global mean.
+    """
+
+    def __init__(self, alpha: float = 1.0, min_items: int = 20):
+        self.alpha = alpha
+        self.min_items = min_items
+        self.weights: np.ndarray | None = None  # [d_text + 1, d_id], last row = intercept
+        self.category_means: dict[str, np.ndarray] = {}
+        self.global_mean: np.ndarray | None = None
+
+    def fit(self, title_emb: np.ndarray, id_emb: np.ndarray, has_id: np.ndarray | None = None,
+            categories: Sequence[str | None] | None = None) -> IdImputer:
+        """Learn from rows with ``has_id`` (default: all). The projection needs ``min_items``.
+
+        Fits whatever ``id_emb`` it is given; pass unit rows if the imputed vectors feed
+        mix-up retrieval (only directions matter there).
+        """
+        t = np.asarray(title_emb, dtype=np.float64)
+        e = np.asarray(id_emb, dtype=np.float64)
+        known = np.ones(len(e), bool) if has_id is None else np.array(has_id, dtype=bool)
+        known &= np.isfinite(e).all(axis=1) & _has_text(t)
+        if not known.any():
+            raise ValueError("no item has both a title and an ID embedding: nothing to learn")
+        self.global_mean = e[known].mean(axis=0)
+        if categories is not None:
+            cats = pd.Series(list(categories), dtype="object")[known].fillna("").astype(str)
+            frame = pd.DataFrame(e[known]).groupby(cats.to_numpy()).mean()
+            self.category_means = {c: frame.loc[c].to_numpy() for c in frame.index if c}
+        if known.sum() >= self.min_items:
+            self.weights = ridge(t[known], e[known], self.alpha)
+        return self
+
+    def impute(self, title_emb: np.ndarray | None,
+               categories: Sequence[str | None] | None = None, n: int | None = None
+               ) -> np.ndarray:
+        """Imputed ID embeddings [n, d_id] for items given by title and/or category."""
+        if self.global_mean is None:
+            raise RuntimeError("fit the imputer first")
+        n = len(title_emb) if title_emb is not None else (len(categories) if categories is not None
+                                                          else n)
+        if n is None:
+            raise ValueError("give title embeddings, categories or n")
+        out = np.tile(self.global_mean, (n, 1))
+        cats = list(categories) if categories is not None else [None] * n
+        for r, c in enumerate(cats):
+            if c is not None and not pd.isna(c) and str(c) in self.category_means:
+                out[r] = self.category_means[str(c)]
+        if self.weights is not None and title_emb is not None:
+            t = np.asarray(title_emb, dtype=np.float64)
+            ok = _has_text(t)
+            out[ok] = np.c_[t[ok], np.ones(ok.sum())] @ self.weights
+        return out
+
+    def fill(self, title_emb: np.ndarray, id_emb: np.ndarray, has_id: np.ndarray,
+             categories: Sequence[str | None] | None = None) -> np.ndarray:
+        """``id_emb`` with the rows lacking an ID embedding imputed."""
+        out = np.array(id_emb, dtype=np.float64)
+        missing = ~np.asarray(has_id, bool)
+        if missing.any():
+            cats = None if categories is None else [categories[i] for i in np.flatnonzero(missing)]
+            out[missing] = self.impute(np.asarray(title_emb)[missing], cats)
+        return out
+
+    def save(self, path: Path | str) -> Path:
+        """One .npz file at exactly ``path``."""
+        if self.global_mean is None:
+            raise RuntimeError("fit the imputer before saving it")
+        path = Path(path)
+        cats = sorted(self.category_means)
+        with path.open("wb") as f:
+            np.savez(f, weights=self.weights if self.weights is not None else np.zeros((0, 0)),
+                     global_mean=self.global_mean,
+                     category_means=np.array([self.category_means[c] for c in cats]),
+                     categories=np.array(json.dumps(cats)),
+                     params=np.array([self.alpha, self.min_items], dtype=np.float64))
+        return path
+
+    @classmethod
+    def load(cls, path: Path | str) -> IdImputer:
+        z = np.load(path)
+        imp = cls(alpha=float(z["params"][0]), min_items=int(z["params"][1]))
+        imp.weights = z["weights"] if z["weights"].size else None
+        imp.global_mean = z["global_mean"]
+        cats = json.loads(str(z["categories"]))
+        imp.category_means = dict(zip(cats, z["category_means"], strict=True))
+        return imp
+
+
+def ridge(x: np.ndarray, y: np.ndarray, alpha: float) -> np.ndarray:
+    """Ridge regression with an unpenalised intercept: weights [d_x + 1, d_y]."""
+    xm, ym = x.mean(axis=0), y.mean(axis=0)
+    xc = x - xm
+    w = np.linalg.solve(xc.T @ xc + alpha * np.eye(x.shape[1]), xc.T @ (y - ym))
+    return np.vstack([w, ym - xm @ w])
+
+
+def _has_text(t: np.ndarray) -> np.ndarray:
+    """Rows that are a usable title embedding (finite, not all zero)."""
+    return np.isfinite(t).all(axis=1) & (np.abs(t).sum(axis=1) > 0)
+
+
+# -- query memory ------------------------------------------------------------------------------
+
+
+class QueryMemory:
+    """Past search queries and the items shoppers took after them.
+
+    Generated text often reads like a search ("navy slim shirt") rather than a title.
+    When it is closer to a query shoppers typed than to any catalog title, what those
+    shoppers went on to take is better evidence than title similarity.
+    """
+
+    def __init__(self, queries: Sequence[str], query_emb: np.ndarray, item_weights: np.ndarray,
+                 title_emb: np.ndarray):
+        self.queries = list(queries)
+        self.query_emb = unit(query_emb).astype(np.float32)
+        self.item_weights = np.asarray(item_weights, dtype=np.float32)  # [n_queries, n_items]
+        self.title_emb = unit(title_emb).astype(np.float32)
+
+    @classmethod
+    def build(cls, interactions: pd.DataFrame, item_ids: Sequence[str],
+              encode: Callable[[list[str]], np.ndarray], title_emb: np.ndarray,
+              window: pd.Timedelta | str = "30min", purchase_weight: float = 1.0,
+              click_weight: float = 0.3) -> QueryMemory:
+        """Map each distinct (normalised) query to the items taken in ``window`` after it.
+
+        Taken = the item clicked with the query, the next click, and any purchase in
+        the window. Weights are normalised per query so popular queries do not dominate.
+        """
+        index = {item: i for i, item in enumerate(item_ids)}
+        taken = query_outcomes(interactions, window, purchase_weight, click_weight)
+        taken = taken[taken["item_id"].isin(index)]
+        queries = sorted(taken["query"].unique())
+        qpos = {q: r for r, q in enumerate(queries)}
+        weights = np.zeros((len(queries), len(index)), np.float32)
+        grouped = taken.groupby(["query", "item_id"])["weight"].sum()
+        for (q, item), w in grouped.items():
+            weights[qpos[q], index[item]] += w
+        weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
+        emb = encode(queries) if queries else np.zeros((0, np.shape(title_emb)[1]))
+        return cls(queries, emb, weights, title_emb)
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    def nearest(self, text_emb: np.ndarray) -> tuple[str, float] | None:
+        """The stored query closest to the text, with its cosine."""
+        if not len(self.queries):
+            return None
+        sims = self.query_emb @ unit(text_emb)
+        best = int(np.argmax(sims))
+        return self.queries[best], float(sims[best])
+
+    def lookup(self, text_emb: np.ndarray, threshold: float = 0.8) -> np.ndarray | None:
+        """Item scores [n_items] from the matching queries, or None when the memory
+        should not be used: no query reaches ``threshold``, or some title is at least
+        as close to the text as the best query (then it reads like a title)."""
+        if not len(self.queries):
+            return None
+        t = unit(text_emb).astype(np.float32)
+        sims = self.query_emb @ t
+        best = float(sims.max())
+        if best < threshold or best <= float((self.title_emb @ t).max()):
+            return None
+        use = sims >= threshold
+        return (sims[use] @ self.item_weights[use]).astype(np.float64)
+
+
+def query_outcomes(interactions: pd.DataFrame, window: pd.Timedelta | str = "30min",
+                   purchase_weight: float = 1.0, click_weight: float = 0.3) -> pd.DataFrame:
+    """Rows (query, item_id, weight): what each query's shopper took within ``window``."""
+    window = pd.Timedelta(window)
+    frame = interactions.sort_values("ts", kind="stable").reset_index(drop=True)
+    out: list[tuple[str, str, float]] = []
+    for _, rows in frame.groupby("user_id", sort=False):
+        ts = rows["ts"].to_numpy()
+        items, kinds, queries = (rows[c].tolist() for c in ("item_id", "kind", "query"))
+        for j in np.flatnonzero(rows["query"].notna().to_numpy()):
+            q = normalise_query(queries[j])
+            if not q:
+                continue
+            out.append((q, items[j], purchase_weight if kinds[j] == "purchase" else click_weight))
+            end = np.searchsorted(ts, ts[j] + window.to_timedelta64(), side="right")
+            next_click = True
+            for m in range(j + 1, end):
+                if kinds[m] == "purchase":
+                    out.append((q, items[m], purchase_weight))
+                elif next_click:
+                    out.append((q, items[m], click_weight))
+                    next_click = False
+    return pd.DataFrame(out, columns=["query", "item_id", "weight"])
+
+
+def normalise_query(text: object) -> str:
+    """Case and spacing do not make a different query."""
+    return " ".join(str(text).lower().split()) if not pd.isna(text) else ""
+
+
+# -- choosing λ -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LambdaChoice:
+    """The λ picked on validation and the whole curve, recorded with the model version."""
+
+    lam: float
+    recall: float
+    k: int
+    curve: dict[float, float]
+
+
+DEFAULT_LAMBDAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+def choose_lambda(score_fn: Callable[[float], np.ndarray | float],
+                  lambdas: Sequence[float] = DEFAULT_LAMBDAS,
+                  targets: Sequence[int] | np.ndarray | None = None, k: int = 10) -> LambdaChoice:
+    """Pick the λ with the best validation Recall@k (the first one on ties).
+
+    ``score_fn(λ)`` returns either the validation score matrix [n_events, n_items] (then
+    ``targets`` gives each event's catalog index) or the Recall@k itself as a number.
+    """
+    curve: dict[float, float] = {}
+    for lam in lambdas:
+        out = score_fn(float(lam))
+        if np.ndim(out) == 0:
+            curve[float(lam)] = float(out)
+        elif targets is None:
+            raise ValueError("score_fn returned scores: pass targets")
+        else:
+            curve[float(lam)] = recall_at_k(target_ranks(out, targets), k)
+    best = max(curve, key=lambda lam: curve[lam])  # max keeps the first of equal values
+    return LambdaChoice(lam=best, recall=curve[best], k=k, curve=curve)

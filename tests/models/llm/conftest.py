@@ -1,0 +1,129 @@
+"""Tiny random causal LMs saved as ordinary HF folders, so tests take the real loading path.
+
+The tokenizer is word-level over a small vocabulary (the prompt template's words plus a
+toy catalog's), built with ``tokenizers`` and wrapped in ``PreTrainedTokenizerFast``; the
+models are 2-layer Llama and Qwen2 with hidden size 32.  Building both takes well under a
+second, and nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, \
+    Qwen2ForCausalLM
+
+from models.data import Dataset
+from models.llm.prompts import HistoryEvent, prompt_body
+
+SPECIALS = ["<pad>", "<unk>", "<s>", "</s>"]
+CATALOG = [  # item_id, title, category, brand, colour
+    ("i1", "red linen dress", "dresses", "mango", "red"),
+    ("i2", "blue denim jacket", "outerwear", "levis", "blue"),
+    ("i3", "white cotton shirt", "tops", "cos", "white"),
+    ("i4", "black leather boots", "shoes", "zara", "black"),
+    ("i5", "green wool scarf", "accessories", "uniqlo", "green"),
+    ("i6", "grey slim trousers", "bottoms", "cos", "grey"),
+]
+QWEN_TEMPLATE = ("{% for m in messages %}user : {{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}assistant :{% endif %}")
+
+
+def vocabulary() -> list[str]:
+    """Every word and punctuation mark the tests' prompts and answers use."""
+    sample = [HistoryEvent(k, t, c, col, b) for k in ("click", "purchase")
+              for _, t, c, b, col in CATALOG]
+    text = " ".join([prompt_body(sample, task) for task in ("title", "category", "query")]
+                    + ["### Answer user assistant : search query linen boots for me"])
+    words = re.findall(r"\w+|[^\w\s]", text)
+    return SPECIALS + sorted(set(words) - set(SPECIALS))
+
+
+def make_tokenizer(chat_template: str | None = None) -> PreTrainedTokenizerFast:
+    vocab = {w: i for i, w in enumerate(vocabulary())}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>",
+                                  bos_token="<s>", eos_token="</s>")
+    if chat_template:
+        tok.chat_template = chat_template
+    return tok
+
+
+def _save(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, folder: Path) -> Path:
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def build_tiny_llama(folder: Path, seed: int = 0) -> Path:
+    """A 2-layer Llama (GQA: 4 heads, 2 KV heads) with a word-level tokenizer and no pad token."""
+    tok = make_tokenizer()
+    tok.pad_token = None  # exercise load_base_model's pad-token fallback
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=512, initializer_range=0.2, bos_token_id=tok.bos_token_id,
+                      eos_token_id=tok.eos_token_id)
+    torch.manual_seed(seed)
+    return _save(LlamaForCausalLM(cfg), tok, folder)
+
+
+def build_tiny_qwen(folder: Path, seed: int = 0) -> Path:
+    """A 2-layer Qwen2 (attention biases) whose tokenizer carries a chat template."""
+    tok = make_tokenizer(QWEN_TEMPLATE)
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=512, initializer_range=0.2, bos_token_id=tok.bos_token_id,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    return _save(Qwen2ForCausalLM(cfg), tok, folder)
+
+
+@pytest.fixture
+def tokenizer_factory():
+    """``make_tokenizer`` as a fixture (test modules must not import this conftest by name)."""
+    return make_tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_qwen(tmp_path_factory.mktemp("tiny-qwen"))
+
+
+@pytest.fixture(params=["llama", "qwen"])
+def tiny_model(request: pytest.FixtureRequest, tiny_llama: Path, tiny_qwen: Path) -> Path:
+    return {"llama": tiny_llama, "qwen": tiny_qwen}[request.param]
+
+
+def shop_dataset() -> Dataset:
+    """Two shoppers over the toy catalog with clicks, purchases and one search query.
+
+    u1: click i1, click i2, buy i1, click i3 (query "linen"), click i4, buy i4, buy i5
+    u2: click i6, buy i6, click i2, buy i2
+    """
+    items = pd.DataFrame(CATALOG, columns=["item_id", "title", "category", "brand", "colour"])
+    rows = [
+        ("u1", "i1", 100, "click", None), ("u1", "i2", 110, "click", None),
+        ("u1", "i1", 120, "purchase", None), ("u1", "i3", 130, "click", "linen"),
+        ("u1", "i4", 140, "click", None), ("u1", "i4", 150, "purchase", None),
+        ("u1", "i5", 200, "purchase", None),
+        ("u2", "i6", 105, "click", None), ("u2", "i6", 115, "purchase", None),
+        ("u2", "i2", 160, "click", None), ("u2", "i2", 210, "purchase", None),
+    ]
+    inter = pd.DataFrame(rows, columns=["user_id", "item_id", "ts", "kind", "query"])
+    return Dataset(items, inter, name="toy-shop")
+
+
+@pytest.fixture
+def shop() -> Dataset:
+    return shop_dataset()

@@ -1,0 +1,133 @@
+"""Mix-up retrieval: the one-inner-product identity, exact search, imputation, memory, λ."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models.mixup import (
+    IdImputer,
+    MixupIndex,
+    QueryMemory,
+    blended_score,
+    choose_lambda,
+    mixup_item_vectors,
+    mixup_query,
+    query_outcomes,
+    unit,
+)
+
+RNG = np.random.default_rng(0)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.1, 0.37, 0.5, 0.9, 1.0])
+def test_one_inner_product_equals_blended_score(lam):
+    titles, ids = RNG.normal(size=(200, 24)), RNG.normal(size=(200, 16)) * 3.0
+    text, user = RNG.normal(size=24), RNG.normal(size=16) * 0.1
+    x = mixup_item_vectors(titles, ids, lam).astype(np.float64)
+    q = mixup_query(text, user, lam).astype(np.float64)
+    np.testing.assert_allclose(x @ q, blended_score(text, user, titles, ids, lam), atol=1e-6)
+
+
+def test_vectors_are_unit_length_for_any_lambda():
+    x = mixup_item_vectors(RNG.normal(size=(5, 8)), RNG.normal(size=(5, 4)), 0.3)
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-6)
+
+
+def test_batch_query_and_missing_half():
+    text, user = RNG.normal(size=(3, 8)), RNG.normal(size=(3, 4))
+    q = mixup_query(text, user, 0.5)
+    assert q.shape == (3, 12)
+    only_text = mixup_query(text[0], None, 0.5, id_dim=4)
+    assert only_text.shape == (12,) and not only_text[8:].any()
+    with pytest.raises(ValueError):
+        mixup_query(text[0], user[0], 1.5)
+
+
+def test_index_top_k_equals_brute_force_and_excludes():
+    ids = [f"i{j}" for j in range(300)]
+    idx = MixupIndex.build(ids, RNG.normal(size=(300, 16)), RNG.normal(size=(300, 8)), 0.4)
+    queries = mixup_query(RNG.normal(size=(4, 16)), RNG.normal(size=(4, 8)), 0.4)
+    results = idx.search(queries, k=10)
+    for q, hits in zip(queries, results, strict=True):
+        brute = np.argsort(-(idx.vectors @ q), kind="stable")[:10]
+        assert [h.item_id for h in hits] == [ids[j] for j in brute]
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    first = results[0][0].item_id
+    single = idx.search(queries[0], k=10, exclude=[first])
+    assert first not in [h.item_id for h in single] and len(single) == 10
+
+
+def test_imputer_projection_recovers_known_linear_map():
+    t = unit(RNG.normal(size=(500, 12)))
+    w = RNG.normal(size=(12, 6))
+    e = t @ w + 0.5
+    imp = IdImputer(alpha=1e-6).fit(t, e)
+    new = unit(RNG.normal(size=(20, 12)))
+    np.testing.assert_allclose(imp.impute(new), new @ w + 0.5, atol=1e-4)
+
+
+def test_imputer_category_mean_then_global_mean():
+    t = unit(RNG.normal(size=(4, 3)))
+    e = np.array([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0], [9.0, 9.0]])
+    has_id = np.array([True, True, True, False])
+    imp = IdImputer(min_items=20).fit(t, e, has_id, ["shoes", "shoes", "bags", "bags"])
+    assert imp.weights is None  # too few items for a projection
+    out = imp.impute(t[:3], ["shoes", "hats", None])
+    np.testing.assert_allclose(out[0], [2.0, 0.0])  # shoes mean
+    np.testing.assert_allclose(out[1], [4 / 3, 2 / 3])  # unknown category: global mean
+    np.testing.assert_allclose(out[2], [4 / 3, 2 / 3])
+    filled = imp.fill(t, e, has_id, ["shoes", "shoes", "bags", "bags"])
+    np.testing.assert_allclose(filled[3], [0.0, 2.0])  # bags mean, row 3's own value unused
+    np.testing.assert_allclose(filled[:3], e[:3])
+
+
+def test_imputer_falls_back_when_title_missing_and_round_trips(tmp_path):
+    t = unit(RNG.normal(size=(50, 4)))
+    e = RNG.normal(size=(50, 3))
+    imp = IdImputer(min_items=10).fit(t, e, categories=["a"] * 25 + ["b"] * 25)
+    out = imp.impute(np.zeros((1, 4)), ["b"])  # no title text: category mean
+    np.testing.assert_allclose(out[0], e[25:].mean(axis=0))
+    back = IdImputer.load(imp.save(tmp_path / "imputer.npz"))
+    np.testing.assert_allclose(back.impute(t[:5], ["a"] * 5), imp.impute(t[:5], ["a"] * 5))
+
+
+def _memory_frame():
+    ts = pd.Timestamp("2025-01-01", tz="UTC")
+    m = pd.Timedelta("1min")
+    rows = [("u1", "a", ts, "click", "Navy  Shirt"), ("u1", "b", ts + m, "click", None),
+            ("u1", "c", ts + 2 * m, "click", None), ("u1", "d", ts + 3 * m, "purchase", None),
+            ("u1", "e", ts + 90 * m, "purchase", None),  # outside the window
+            ("u2", "c", ts, "click", "red dress")]
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "ts", "kind", "query"])
+
+
+def test_query_outcomes_take_own_click_next_click_and_purchases_in_window():
+    out = query_outcomes(_memory_frame(), "30min")
+    navy = out[out["query"] == "navy shirt"]
+    assert navy["item_id"].tolist() == ["a", "b", "d"]
+    assert navy["weight"].tolist() == [0.3, 0.3, 1.0]
+
+
+def test_query_memory_lookup_only_when_closer_to_a_query_than_to_titles():
+    items = ["a", "b", "c", "d", "e"]
+    basis = np.eye(8)
+    vocab = {"navy shirt": basis[0], "red dress": basis[1]}
+    titles = np.stack([basis[2], basis[3], basis[4], basis[5], basis[6]])
+    mem = QueryMemory.build(_memory_frame(), items, lambda qs: np.stack([vocab[q] for q in qs]),
+                            titles)
+    assert len(mem) == 2 and mem.nearest(basis[0])[0] == "navy shirt"
+    scores = mem.lookup(basis[0] + 0.1 * basis[2], threshold=0.8)
+    assert scores is not None and int(np.argmax(scores)) == items.index("d")
+    assert scores[items.index("e")] == 0.0
+    assert mem.lookup(basis[2] + 0.1 * basis[0], threshold=0.0) is None  # reads like a title
+    assert mem.lookup(basis[7], threshold=0.5) is None  # nothing close
+
+
+def test_choose_lambda_picks_best_recall_from_scores_or_numbers():
+    targets = np.array([0, 1])
+    good, bad = np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([[0.0, 1.0], [1.0, 0.0]])
+    choice = choose_lambda(lambda lam: good if lam == 0.5 else bad, [0.0, 0.5, 1.0], targets, k=1)
+    assert choice.lam == 0.5 and choice.recall == 1.0 and choice.curve[0.0] == 0.0
+    assert choose_lambda(lambda lam: 1 - abs(lam - 0.2), [0.0, 0.2, 0.4]).lam == 0.2
