@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from models.data.dataset import DataError, Dataset
-from models.data.hm import ImportResult, advance, finish_tally, open_tracked, require_file
+from models.data.hm import ImportResult, finish_tally, open_tracked, require_file
 
 # Keys a file must have (any one of each group), checked on its first objects.
 REVIEW_KEYS = (("user_id",), ("parent_asin", "asin"), ("timestamp",))
@@ -87,11 +87,11 @@ def _json_objects(path: Path, what: str, keys: tuple[tuple[str, ...], ...], prog
     seen: set[str] = set()
     objects = 0
     line_no = 0
-    with open_tracked(path, progress, f"{what} {path.name}") as (stream, bar):
+    with open_tracked(path, progress, f"{what} {path.name}") as (stream, tracker):
         try:
-            for line_no, line in enumerate(stream, 1):  # noqa: B007 - line_no used after
+            for line_no, line in enumerate(stream, 1):
                 if line_no % PROGRESS_EVERY == 0:
-                    advance(bar)
+                    tracker.advance()
                 if not line.strip():
                     continue
                 tally["read"] += 1

@@ -62,8 +62,9 @@ class Dataset:
         paths = [folder / n for n in ("items.parquet", "interactions.parquet", "manifest.json")]
         missing = [p.name for p in paths if not p.exists()]
         if missing:
-            raise DataError(f"{folder} is not a stylestream data set (missing {', '.join(missing)}); "
-                            "create one with `stylestream data synth` or `stylestream data import`")
+            raise DataError(f"{folder} is not a stylestream data set "
+                            f"(missing {', '.join(missing)}); create one with "
+                            "`stylestream data synth` or `stylestream data import`")
         try:
             manifest = json.loads(paths[2].read_text())
             items = pd.read_parquet(paths[0])
@@ -102,12 +103,14 @@ class Dataset:
 
 
 def normalise_items(items: pd.DataFrame) -> pd.DataFrame:
-    """Coerce an items frame to the internal column set and dtypes; raise DataError if impossible."""
+    """Coerce an items frame to the internal columns and dtypes; DataError if impossible."""
     _require(items, ["item_id"], "items")
     out = pd.DataFrame({"item_id": items["item_id"].astype(str)})
     for col in ("title", "category", "brand", "colour"):
-        out[col] = items[col].astype("string") if col in items else pd.Series(pd.NA, index=items.index, dtype="string")
-    out["price"] = pd.to_numeric(items["price"], errors="coerce") if "price" in items else float("nan")
+        out[col] = (items[col].astype("string") if col in items
+                    else pd.Series(pd.NA, index=items.index, dtype="string"))
+    out["price"] = (pd.to_numeric(items["price"], errors="coerce") if "price" in items
+                    else float("nan"))
     out["price"] = out["price"].astype("float64")
     out["first_seen"] = (_to_ts(items["first_seen"]).astype(TS_DTYPE) if "first_seen" in items
                          else pd.Series(pd.NaT, index=items.index, dtype=TS_DTYPE))
@@ -128,7 +131,8 @@ def normalise_interactions(inter: pd.DataFrame) -> pd.DataFrame:
     })
     bad = ~out["kind"].isin(KINDS)
     if bad.any():
-        raise DataError(f"interactions: kind must be click or purchase; found {out.loc[bad, 'kind'].iloc[0]!r}")
+        raise DataError("interactions: kind must be click or purchase; "
+                        f"found {out.loc[bad, 'kind'].iloc[0]!r}")
     if out["ts"].isna().any():
         raise DataError(f"interactions: {int(out['ts'].isna().sum())} rows have no valid timestamp")
     return out.sort_values("ts", kind="stable").reset_index(drop=True)[INTERACTION_COLUMNS]

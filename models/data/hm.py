@@ -26,6 +26,7 @@ import csv
 import gzip
 import re
 import warnings
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -75,39 +76,41 @@ def require_file(path: Path, what: str) -> Path:
     return path
 
 
+class FileProgress:
+    """A byte progress bar over a file on disk, advanced to the raw file's position: how far
+    an import has got, whatever the compression or the parser's read-ahead."""
+
+    def __init__(self, raw: IO[bytes], total: int, desc: str, enabled: bool) -> None:
+        self.raw = raw
+        self.bar = tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=not enabled,
+                        leave=False)
+
+    def advance(self) -> None:
+        pos = self.raw.tell()
+        if pos > self.bar.n:
+            self.bar.update(pos - self.bar.n)
+
+
 @contextmanager
-def open_tracked(path: Path, progress: bool, desc: str) -> Iterator[tuple[IO[bytes], tqdm]]:
-    """Open a file (gzip if it ends in .gz) with a byte progress bar over the file on disk.
-
-    Returns the (decompressed) binary stream and the bar; :func:`advance` moves the bar to the
-    raw file's position, which is how far the import has got whatever the compression.
-    """
-    raw = open(path, "rb")  # noqa: SIM115 - closed below
-    stream: IO[bytes] = gzip.GzipFile(fileobj=raw) if path.suffix == ".gz" else raw
-    bar = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=desc,
-               disable=not progress, leave=False)
-    bar.raw = raw  # type: ignore[attr-defined]
-    try:
-        yield stream, bar
-    finally:
-        advance(bar)
-        bar.close()
-        stream.close()
-        raw.close()
-
-
-def advance(bar: tqdm) -> None:
-    """Move a bar from :func:`open_tracked` to the raw file's current position."""
-    pos = bar.raw.tell()  # type: ignore[attr-defined]
-    if pos > bar.n:
-        bar.update(pos - bar.n)
+def open_tracked(path: Path, progress: bool, desc: str) -> Iterator[tuple[IO[bytes], FileProgress]]:
+    """Open a file for binary reading (gunzipped if it ends in .gz) with a byte progress bar."""
+    with open(path, "rb") as raw:
+        tracker = FileProgress(raw, path.stat().st_size, desc, progress)
+        stream: IO[bytes] = gzip.GzipFile(fileobj=raw) if path.suffix == ".gz" else raw
+        try:
+            yield stream, tracker
+        finally:
+            tracker.advance()
+            tracker.bar.close()
+            stream.close()
 
 
 def _csv_header(path: Path, what: str, required: tuple[str, ...]) -> list[str]:
     """The file's column names; DataError if it is unreadable or lacks ``required``."""
     try:
         with open_tracked(path, False, what) as (stream, _):
-            cols = pd.read_csv(stream, nrows=0, encoding="utf-8-sig").columns
+            cols = pd.read_csv(stream, nrows=0, encoding="utf-8-sig",
+                               encoding_errors="replace").columns
     except (pd.errors.EmptyDataError, pd.errors.ParserError, OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{what} file {path} is not a readable CSV file: "
                         f"{str(exc).strip().splitlines()[0]}") from None
@@ -127,7 +130,7 @@ def _read_csv_chunks(path: Path, what: str, progress: bool, quoted: bool,
     leading zero); validation is the caller's. Lines with the wrong number of fields are
     reported by pandas as warnings, which are counted here instead of printed.
     """
-    with open_tracked(path, progress, f"{what} {path.name}") as (stream, bar):
+    with open_tracked(path, progress, f"{what} {path.name}") as (stream, tracker):
         reader = pd.read_csv(stream, dtype=str, keep_default_na=False, chunksize=CHUNK_ROWS,
                              on_bad_lines="warn", index_col=False, encoding="utf-8-sig",
                              encoding_errors="replace", quoting=csv.QUOTE_MINIMAL if quoted
@@ -140,8 +143,8 @@ def _read_csv_chunks(path: Path, what: str, progress: bool, quoted: bool,
                     chunk = next(reader)
             except StopIteration:
                 break
-            except (pd.errors.ParserError, ValueError) as exc:
-                raise DataError(f"{what} file {path} cannot be parsed after row {rows}: "
+            except (pd.errors.ParserError, ValueError, OSError, EOFError, zlib.error) as exc:
+                raise DataError(f"H&M {what} file {path} cannot be parsed after data row {rows}: "
                                 f"{str(exc).strip().splitlines()[0]}") from None
             finally:
                 bad = sum(str(w.message).count("Skipping line") for w in caught)
@@ -152,7 +155,7 @@ def _read_csv_chunks(path: Path, what: str, progress: bool, quoted: bool,
             chunk = chunk.fillna("")  # short lines are padded with missing values
             rows += len(chunk)
             tally["read"] += len(chunk)
-            advance(bar)
+            tracker.advance()
             yield chunk
 
 

@@ -1,4 +1,7 @@
-"""The temporal split every evaluation shares: train < val_start <= validation < test_start <= test."""
+"""The temporal split every evaluation shares.
+
+train < val_start <= validation < test_start <= test
+"""
 
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ class TemporalSplit:
     @classmethod
     def from_interactions(cls, interactions: pd.DataFrame, val_frac: float = 0.1,
                           test_frac: float = 0.1) -> TemporalSplit:
-        """Cut by time so the last ``test_frac`` of interactions is test and the ``val_frac`` before it validation."""
+        """Cut by time: the last ``test_frac`` of interactions is test, the ``val_frac``
+        before it validation."""
         ts = interactions["ts"].sort_values(kind="stable")
         n = len(ts)
         val_at = ts.iloc[min(n - 1, int(n * (1 - val_frac - test_frac)))]

@@ -492,65 +492,100 @@ def _transition_matrix() -> np.ndarray:
     return m / m.sum(axis=1, keepdims=True)
 
 
+BLOCK_CELLS = 1 << 18  # sessions x items per block: bounded memory (1 MB float32), cache-friendly
+
+
+@dataclass
+class _World:
+    """Everything a block of sessions needs: the sessions, lookup tables, and what shoppers
+    bought so far (``buys``: one row per shopper, item codes in purchase order, -1 = none)."""
+
+    cat: _Catalog
+    sh: _Shoppers
+    user: np.ndarray
+    time: np.ndarray
+    day: np.ndarray
+    month: np.ndarray
+    day_rows: np.ndarray
+    type_weight: np.ndarray
+    trans: np.ndarray
+    style_type: np.ndarray
+    off_type: np.ndarray
+    prev: np.ndarray
+    buys: np.ndarray
+    n_buys: np.ndarray
+
+
 def _simulate(rng: np.random.Generator, cat: _Catalog, sh: _Shoppers, t0: int, days: int,
               progress: bool) -> _Events:
     """Play every shopper's sessions in time order, one session rank at a time.
 
     A shopper's k-th session depends on what they bought in sessions < k (outfit completion,
     no re-buying), so ranks are processed in order; within a rank all shoppers are independent
-    and handled at once as (shoppers x items) matrices.
+    and handled at once as (sessions x items) matrices, in blocks of bounded size.
     """
     n_users, n_items = len(sh.buy), len(cat.style)
     sess_user = np.repeat(np.arange(n_users), sh.sessions)
     sess_time = t0 + (rng.random(len(sess_user)) * days * DAY_MS).astype(np.int64)
-    order = np.lexsort((sess_time, sess_user))
-    sess_time = sess_time[order]
+    sess_time = sess_time[np.lexsort((sess_time, sess_user))]
     first = np.repeat(np.cumsum(sh.sessions) - sh.sessions, sh.sessions)
     rank = np.arange(len(sess_user)) - first
     by_rank = np.argsort(rank, kind="stable")
     bounds = np.searchsorted(rank[by_rank], np.arange(sh.sessions.max() + 1))
     day0 = t0 - t0 % DAY_MS
     sess_day = (sess_time - day0) // DAY_MS
-    sess_month = _month(day0 + sess_day * DAY_MS)
 
-    day_rows = _day_rows(cat, day0, int(sess_day.max()) + 1)
-    _, type_weight = _season_tables()
-    trans = _transition_matrix()
     base = np.array([g.weight for g in GARMENTS.values()])
     style_type = _favoured(tuple(GARMENTS), STYLE_GARMENTS, 3.0, 0.4)
-    style_type = style_type / style_type.sum(axis=1, keepdims=True) * base
-    off_type = np.where(np.arange(len(GARMENTS))[:, None] == cat.garment[None, :], 0.0,
-                        OFF_TYPE).astype(np.float32)
-
-    prev = np.full(n_users, -1)
-    bought = np.zeros((n_users, n_items), np.float32)  # BOUGHT where already bought, else 0
+    world = _World(
+        cat=cat, sh=sh, user=sess_user, time=sess_time, day=sess_day,
+        month=_month(day0 + sess_day * DAY_MS),
+        day_rows=_day_rows(cat, day0, int(sess_day.max()) + 1),
+        type_weight=_season_tables()[1], trans=_transition_matrix(),
+        style_type=style_type / style_type.sum(axis=1, keepdims=True) * base,
+        off_type=np.where(np.arange(len(GARMENTS))[:, None] == cat.garment[None, :], 0.0,
+                          OFF_TYPE).astype(np.float32),
+        prev=np.full(n_users, -1), buys=np.full((n_users, int(sh.sessions.max())), -1),
+        n_buys=np.zeros(n_users, np.int64))
+    block = max(1, BLOCK_CELLS // n_items)
     out: list[_Events] = []
     for k in tqdm(range(len(bounds) - 1), desc="synthesize", unit="rank", disable=not progress):
         idx = by_rank[bounds[k]:bounds[k + 1]]
-        u, t = sess_user[idx], sess_time[idx]
-        w = np.clip((t - sh.drift_mid[u]) / sh.drift_len[u] + 0.5, 0.0, 1.0)[:, None]
-        style = (1 - w) * sh.style_a[u] + w * sh.style_b[u]
-        colour = (1 - w) * sh.colour_a[u] + w * sh.colour_b[u]
-        fit = (1 - w) * sh.fit_a[u] + w * sh.fit_b[u]
-
-        p_type = style @ style_type * type_weight[sess_month[idx]]
-        p_type /= p_type.sum(axis=1, keepdims=True)
-        follow = trans[np.maximum(prev[u], 0)]
-        p_type = np.where((prev[u] >= 0)[:, None], P_FOLLOW * follow + (1 - P_FOLLOW) * p_type,
-                          p_type)
-        wanted = _sample_rows(rng, p_type)
-
-        logits = _item_logits(style, colour, fit, cat)
-        logits += day_rows[sess_day[idx]]
-        logits += off_type[wanted]
-        logits += bought[u]
-        ev = _session_events(rng, u, t, logits, sh)
-        buyers, items = ev.user[ev.purchase], ev.item[ev.purchase]
-        bought[buyers, items] = BOUGHT
-        prev[buyers] = cat.garment[items]
-        out.append(ev)
+        for start in range(0, len(idx), block):
+            out.append(_play(rng, world, idx[start:start + block], k))
     return _Events(**{f.name: np.concatenate([getattr(e, f.name) for e in out])
                       for f in fields(_Events)})
+
+
+def _play(rng: np.random.Generator, w: _World, idx: np.ndarray, k: int) -> _Events:
+    """One block of sessions (distinct shoppers, each at their k-th session)."""
+    sh, cat = w.sh, w.cat
+    u, t = w.user[idx], w.time[idx]
+    drift = np.clip((t - sh.drift_mid[u]) / sh.drift_len[u] + 0.5, 0.0, 1.0)[:, None]
+    style = (1 - drift) * sh.style_a[u] + drift * sh.style_b[u]
+    colour = (1 - drift) * sh.colour_a[u] + drift * sh.colour_b[u]
+    fit = (1 - drift) * sh.fit_a[u] + drift * sh.fit_b[u]
+
+    p_type = style @ w.style_type * w.type_weight[w.month[idx]]
+    p_type /= p_type.sum(axis=1, keepdims=True)
+    follow = w.trans[np.maximum(w.prev[u], 0)]
+    p_type = np.where((w.prev[u] >= 0)[:, None], P_FOLLOW * follow + (1 - P_FOLLOW) * p_type,
+                      p_type)
+    wanted = _sample_rows(rng, p_type)
+
+    logits = _item_logits(style, colour, fit, cat)
+    logits += w.day_rows[w.day[idx]]
+    logits += w.off_type[wanted]
+    past = w.buys[u, :k]  # at their k-th session shoppers have bought at most k items
+    rows = np.broadcast_to(np.arange(len(u))[:, None], past.shape)
+    logits[rows[past >= 0], past[past >= 0]] += BOUGHT
+
+    ev = _session_events(rng, u, t, logits, sh)
+    buyers, items = ev.user[ev.purchase], ev.item[ev.purchase]
+    w.buys[buyers, w.n_buys[buyers]] = items
+    w.n_buys[buyers] += 1
+    w.prev[buyers] = cat.garment[items]
+    return ev
 
 
 def _day_rows(cat: _Catalog, day0: int, n_days: int) -> np.ndarray:

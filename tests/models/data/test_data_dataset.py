@@ -9,6 +9,7 @@ import pytest
 
 from models.data.dataset import INTERACTION_COLUMNS, ITEM_COLUMNS, DataError, Dataset
 from models.data.split import TemporalSplit
+from models.data.synth import synthesize
 
 
 def _dataset() -> Dataset:
@@ -67,9 +68,10 @@ def test_bad_kind_and_missing_column_are_data_errors() -> None:
         Dataset(pd.DataFrame({"item_id": ["x"]}), inter.drop(columns="ts"))
 
 
-def test_temporal_split_is_disjoint_and_ordered(small_synth: Dataset) -> None:
-    train, val, test = small_synth.parts()
-    n = len(small_synth.interactions)
+def test_temporal_split_is_disjoint_and_ordered() -> None:
+    data = synthesize(users=100, items=200, seed=3)
+    train, val, test = data.parts()
+    n = len(data.interactions)
     assert len(train) + len(val) + len(test) == n
     assert train["ts"].max() < val["ts"].min() <= val["ts"].max() < test["ts"].min()
     assert not set(train.index) & set(val.index) and not set(val.index) & set(test.index)

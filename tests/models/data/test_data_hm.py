@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -48,6 +49,7 @@ TRANSACTIONS = """t_dat,customer_id,article_id,price,sales_channel_id
 2019-01-03,c3,XYZ,0.01,2
 2019-01-03,c3,0200000001,,2
 """
+REPO = Path(__file__).resolve().parents[3]
 EXPECTED_REASONS = {
     "articles: malformed article_id": 1,
     "transactions: malformed article_id": 1,
@@ -80,6 +82,21 @@ def write_hm(folder: Path, transactions: str = TRANSACTIONS) -> tuple[list[Path]
     pd.DataFrame(_article_rows(ARTICLES_B), columns=ARTICLE_COLUMNS).to_csv(b, index=True)
     t.write_text(transactions)
     return [a, b], t
+
+
+@pytest.fixture(scope="module")
+def hm_sample_dir() -> Path:
+    """The real H&M sample (``shared/data/hm-sample`` next to the repo, or under
+    ``$STYLESTREAM_SHARED_DATA``); tests using it are skipped where it is not present."""
+    candidates = []
+    if os.environ.get("STYLESTREAM_SHARED_DATA"):
+        env = Path(os.environ["STYLESTREAM_SHARED_DATA"])
+        candidates += [env / "hm-sample", env / "data" / "hm-sample"]
+    candidates.append(REPO / ".." / "shared" / "data" / "hm-sample")
+    for folder in candidates:
+        if (folder / "transactions_train_sample.csv").is_file():
+            return folder.resolve()
+    pytest.skip("the shared H&M sample is not present here")
 
 
 @pytest.fixture

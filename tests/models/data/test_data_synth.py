@@ -9,6 +9,12 @@ from models.data.dataset import Dataset
 from models.data.synth import COLOURS, GARMENTS, synthesize
 
 
+@pytest.fixture(scope="module")
+def small_synth() -> Dataset:
+    """300 shoppers x 500 items over a year: big enough for statistics, well under a second."""
+    return synthesize(users=300, items=500, seed=0)
+
+
 def test_same_seed_same_data_other_seed_other_data(small_synth: Dataset) -> None:
     again = synthesize(users=300, items=500, seed=0)
     assert again.data_hash() == small_synth.data_hash()

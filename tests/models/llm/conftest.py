@@ -1,20 +1,19 @@
 """Tiny random causal LMs saved as ordinary HF folders, so tests take the real loading path.
 
-The tokenizer is word-level over a small vocabulary (the prompt template's words plus a
-toy catalog's), built with ``tokenizers`` and wrapped in ``PreTrainedTokenizerFast``; the
+The tokenizer is a 400-token byte-level BPE trained in memory on the prompt template's and a
+toy catalog's words with ``tokenizers``, wrapped in ``PreTrainedTokenizerFast``; the
 models are 2-layer Llama and Qwen2 with hidden size 32.  Building both takes well under a
 second, and nothing is downloaded.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, \
     Qwen2ForCausalLM
 
@@ -34,20 +33,26 @@ QWEN_TEMPLATE = ("{% for m in messages %}user : {{ m['content'] }}\n{% endfor %}
                  "{% if add_generation_prompt %}assistant :{% endif %}")
 
 
-def vocabulary() -> list[str]:
-    """Every word and punctuation mark the tests' prompts and answers use."""
+def corpus() -> list[str]:
+    """Text with every word the tests' prompts and answers use."""
     sample = [HistoryEvent(k, t, c, col, b) for k in ("click", "purchase")
               for _, t, c, b, col in CATALOG]
-    text = " ".join([prompt_body(sample, task) for task in ("title", "category", "query")]
-                    + ["### Answer user assistant : search query linen boots for me"])
-    words = re.findall(r"\w+|[^\w\s]", text)
-    return SPECIALS + sorted(set(words) - set(SPECIALS))
+    prompts = [prompt_body(sample, task) for task in ("title", "category", "query")]
+    return [*prompts, "### Answer\nuser : assistant : search query linen boots for me"] * 3
 
 
 def make_tokenizer(chat_template: str | None = None) -> PreTrainedTokenizerFast:
-    vocab = {w: i for i, w in enumerate(vocabulary())}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    """A byte-level BPE (like SmolLM2's and Qwen's) trained in memory on the tests' words.
+
+    Byte-level, because transformers re-wraps some architectures' tokenizers (Qwen2) in
+    their own byte-level class on load; it also gives the vocabulary real line-break tokens.
+    """
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator(corpus(), trainer)
     tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>",
                                   bos_token="<s>", eos_token="</s>")
     if chat_template:
@@ -67,7 +72,8 @@ def build_tiny_llama(folder: Path, seed: int = 0) -> Path:
     tok.pad_token = None  # exercise load_base_model's pad-token fallback
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=512, initializer_range=0.2, bos_token_id=tok.bos_token_id,
+                      max_position_embeddings=512, initializer_range=0.2,
+                      bos_token_id=tok.bos_token_id,
                       eos_token_id=tok.eos_token_id)
     torch.manual_seed(seed)
     return _save(LlamaForCausalLM(cfg), tok, folder)
@@ -78,10 +84,20 @@ def build_tiny_qwen(folder: Path, seed: int = 0) -> Path:
     tok = make_tokenizer(QWEN_TEMPLATE)
     cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=512, initializer_range=0.2, bos_token_id=tok.bos_token_id,
+                      max_position_embeddings=512, initializer_range=0.2,
+                      bos_token_id=tok.bos_token_id,
                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     torch.manual_seed(seed)
     return _save(Qwen2ForCausalLM(cfg), tok, folder)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core box they lose a lot."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -1,0 +1,254 @@
+"""``stylestream``: the command line of the whole system.
+
+Every command reads :class:`~stylestream.config.Settings` from ``STYLESTREAM_*``
+environment variables (``stylestream config`` lists them). Errors in arguments,
+settings or data files end in one readable line and exit code 2, not a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from stylestream.config import ConfigError, Settings, documented_settings
+
+app = typer.Typer(help="stylestream: streaming fashion recommendations (LLM + mix-up retrieval) on Kafka.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+data_app = typer.Typer(help="Create, import and inspect data sets (internal parquet format).", no_args_is_help=True)
+import_app = typer.Typer(help="Import a public fashion data set into the internal format.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+data_app.add_typer(import_app, name="import")
+console = Console()
+err = Console(stderr=True, soft_wrap=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly(fn: F) -> F:
+    """Turn the errors a user can fix into one line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from models.data import DataError
+        from stylestream.devstack import BrokerError
+
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, DataError, BrokerError, FileNotFoundError, PermissionError) as exc:
+            err.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def settings(**overrides: Any) -> Settings:
+    s = Settings.from_env(**overrides)
+    logging.basicConfig(level=s.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("kafka", "aiokafka"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
+    return s
+
+
+# -- data -----------------------------------------------------------------------------------
+Out = Annotated[Path | None, typer.Option("--out", "-o", help="output folder (default: $STYLESTREAM_HOME/data/<name>)")]
+
+
+def _save(dataset: Any, out: Path | None, skipped: int = 0, reasons: dict | None = None) -> None:
+    folder = out or settings().home / "data" / dataset.name
+    dataset.save(folder)
+    m = dataset.manifest()
+    console.print(f"[green]saved[/green] {folder}: {m['n_items']:,} items, {m['n_interactions']:,} interactions "
+                  f"({m['n_purchases']:,} purchases), {m['n_users']:,} shoppers; hash {m['data_hash']}")
+    if skipped:
+        console.print(f"[yellow]skipped {skipped:,} bad rows[/yellow]: "
+                      + ", ".join(f"{k}: {v:,}" for k, v in (reasons or {}).items()))
+
+
+@data_app.command("synth")
+@friendly
+def data_synth(
+    users: Annotated[int, typer.Option(min=1, help="number of shoppers")] = 600,
+    items: Annotated[int, typer.Option(min=10, help="number of catalog items")] = 1000,
+    seed: Annotated[int, typer.Option(help="random seed: same seed, same data")] = 0,
+    out: Out = None,
+) -> None:
+    """Generate a deterministic synthetic fashion data set (styles, outfits, seasons, cold start)."""
+    from models.data.synth import synthesize
+
+    with console.status(f"generating {users} shoppers × {items} items (seed {seed})"):
+        dataset = synthesize(users=users, items=items, seed=seed, progress=False)
+    _save(dataset, out)
+
+
+@import_app.command("hm")
+@friendly
+def import_hm_cmd(
+    articles: Annotated[list[Path], typer.Option(help="articles.csv (repeat for several files)")],
+    transactions: Annotated[Path, typer.Option(help="transactions_train.csv")],
+    out: Out = None,
+) -> None:
+    """H&M Personalized Fashion Recommendations (Kaggle): articles.csv + transactions_train.csv."""
+    from models.data.hm import import_hm
+
+    result = import_hm(list(articles), transactions, progress=True)
+    _save(result.dataset, out, result.rows_skipped, result.skipped_reasons)
+
+
+@import_app.command("amazon")
+@friendly
+def import_amazon_cmd(
+    reviews: Annotated[Path, typer.Option(help="<Category>.jsonl[.gz] (reviews)")],
+    meta: Annotated[Path, typer.Option(help="meta_<Category>.jsonl[.gz] (item metadata)")],
+    out: Out = None,
+) -> None:
+    """Amazon Reviews 2023 (e.g. Clothing_Shoes_and_Jewelry): reviews as purchases, metadata as items."""
+    from models.data.amazon import import_amazon
+
+    result = import_amazon(reviews, meta, progress=True)
+    _save(result.dataset, out, result.rows_skipped, result.skipped_reasons)
+
+
+@import_app.command("hm-sample")
+@friendly
+def import_hm_sample_cmd(
+    folder: Annotated[Path, typer.Option("--dir", help="the hm-sample folder")] = Path("../shared/data/hm-sample"),
+    out: Out = None,
+) -> None:
+    """The real H&M sample shipped in ../shared/data/hm-sample (see its SOURCE.md)."""
+    from models.data.hm import import_hm_sample
+
+    result = import_hm_sample(folder)
+    _save(result.dataset, out, result.rows_skipped, result.skipped_reasons)
+
+
+@data_app.command("info")
+@friendly
+def data_info(folder: Annotated[Path, typer.Argument(help="a data set folder")]) -> None:
+    """Show a data set's manifest and its temporal split."""
+    from models.data import Dataset
+
+    dataset = Dataset.load(folder)
+    train, val, test = dataset.parts()
+    table = Table(title=str(folder), show_header=False)
+    for key, value in dataset.manifest().items():
+        if key != "extra":
+            table.add_row(key, str(value))
+    table.add_row("train / val / test", f"{len(train):,} / {len(val):,} / {len(test):,} interactions")
+    console.print(table)
+
+
+# -- running --------------------------------------------------------------------------------
+@app.command()
+@friendly
+def demo(
+    users: Annotated[int, typer.Option(min=10, help="synthetic shoppers")] = 600,
+    items: Annotated[int, typer.Option(min=50, help="synthetic catalog items")] = 1000,
+    seed: Annotated[int, typer.Option(help="data seed")] = 0,
+    rate: Annotated[float, typer.Option(min=0, help="replay rate, events/s (0 = as fast as possible)")] = 1000.0,
+    examples: Annotated[int, typer.Option(min=0, help="example recommendations to print")] = 3,
+    summary: Annotated[Path | None, typer.Option(help="also write the summary as JSON here")] = None,
+) -> None:
+    """The end-to-end demo: synthetic data → embedded broker → stream worker → recs.out, live."""
+    from stylestream.demo import run_demo, write_summary
+
+    s = settings()
+    result = run_demo(s, users=users, items=items, seed=seed, rate=rate, examples=examples, console=console)
+    table = Table(title="demo summary", show_header=False)
+    for key, value in vars(result).items():
+        table.add_row(key.replace("_", " "), f"{value:,}" if isinstance(value, int) else str(value))
+    console.print(table)
+    if summary:
+        write_summary(result, summary)
+
+
+@app.command()
+@friendly
+def up(
+    workers: Annotated[int, typer.Option(min=1, max=16, help="stream worker processes")] = 1,
+    ray: Annotated[bool, typer.Option(help="start local Ray (dashboard on 127.0.0.1)")] = True,
+    milvus: Annotated[bool, typer.Option(help="open Milvus Lite (or MILVUS_URI)")] = True,
+) -> None:
+    """Start the stack (broker, topics, workers, Milvus, Ray) and run until Ctrl-C."""
+    from stylestream.devstack import DevStack
+
+    s = settings()
+    if not (s.dataset_dir / "manifest.json").exists():
+        raise ConfigError(f"no data set at {s.dataset_dir}: run `stylestream data synth` first "
+                          "or set STYLESTREAM_DATASET")
+    stop = _stop_on_signals()
+    with DevStack(s) as stack:
+        with console.status("starting the stack"):
+            bootstrap = stack.start_broker()
+            started = [stack.start_worker() for _ in range(workers)]
+            if milvus:
+                stack.start_milvus()
+            if ray:
+                stack.start_ray()
+        console.print(f"[green]up[/green]: Kafka {bootstrap}; workers "
+                      + ", ".join(f"{w.worker_id} (http://127.0.0.1:{w.web_port}/stats/)" for w in started)
+                      + (f"; Ray dashboard http://127.0.0.1:{s.ray_dashboard_port}" if ray else "")
+                      + ". Ctrl-C stops everything.")
+        while not stop.is_set():
+            for w in started:
+                if w.proc.poll() is not None:
+                    raise ConfigError(f"{w.worker_id} exited with code {w.proc.returncode}; see {w.log_path}")
+            stop.wait(1.0)
+        console.print("stopping…")
+
+
+@app.command("replay")
+@friendly
+def replay_cmd(
+    dataset: Annotated[Path | None, typer.Option(help="data set folder (default: STYLESTREAM_DATASET)")] = None,
+    period: Annotated[str, typer.Option(help="train, val, test or all")] = "test",
+    rate: Annotated[float, typer.Option(min=0, help="events/s (0 = as fast as possible)")] = 0.0,
+) -> None:
+    """Replay a data set's events, in time order, into the topics of a running stack."""
+    from models.data import Dataset
+    from streams.replay import replay
+
+    s = settings()
+    if not s.kafka_bootstrap_servers:
+        raise ConfigError("set KAFKA_BOOTSTRAP_SERVERS to the broker to replay into (see `stylestream up`)")
+    if period not in ("train", "val", "test", "all"):
+        raise ConfigError(f"--period must be train, val, test or all, not {period!r}")
+    data = Dataset.load(dataset or s.dataset_dir)
+    frames = dict(zip(("train", "val", "test"), data.parts(), strict=True), all=data.interactions)
+    started = time.monotonic()
+    result = replay(frames[period], s.kafka_bootstrap_servers, data.data_hash()[:8], rate=rate)
+    console.print(f"replayed {result.sent:,} events in {time.monotonic() - started:.1f} s ({result.rate:,.0f}/s)")
+
+
+@app.command("config")
+def config_cmd() -> None:
+    """List every setting, its environment variable and its default."""
+    table = Table(title="settings (environment variables)")
+    for col in ("variable", "default", "meaning"):
+        table.add_column(col)
+    for row in documented_settings():
+        table.add_row(*row)
+    console.print(table)
+
+
+def _stop_on_signals() -> Any:
+    import threading
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+if __name__ == "__main__":
+    app()

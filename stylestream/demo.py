@@ -1,0 +1,207 @@
+"""The main job: synthetic shoppers replayed through the live pipeline, watched as it runs.
+
+Generates (or reuses) the synthetic data set, starts the embedded broker and a
+stream worker, replays the test period's events in time order, and shows events/s,
+recommendations published, dead letters, latency and live hit rate; then prints a
+few example recommendations with titles and stops everything it started.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from kafka import KafkaConsumer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from models.data import Dataset
+from streams.replay import ReplayProgress, replay
+from stylestream.config import Settings
+from stylestream.devstack import DevStack
+from stylestream.records import DLQ, RECS
+
+# Malformed events injected on purpose, to show the dead-letter path working live.
+MALFORMED = [b"{not json", b'{"event_id": "bad-1", "user_id": "u1"}', b'{"event_id": "bad-2", "user_id": 7, '
+             b'"item_id": "x", "ts": "noon"}']
+
+
+@dataclass
+class Watch:
+    """What the demo saw on ``recs.out`` and ``events.dlq``."""
+
+    recs: list[dict] = field(default_factory=list)
+    dead: list[dict] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def follow(self, bootstrap: str) -> threading.Thread:
+        def run() -> None:
+            consumer = KafkaConsumer(RECS, DLQ, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                     enable_auto_commit=False, consumer_timeout_ms=200)
+            while not self.stop.is_set():
+                for msg in consumer:
+                    (self.recs if msg.topic == RECS else self.dead).append(json.loads(msg.value))
+            consumer.close()
+
+        thread = threading.Thread(target=run, daemon=True, name="watch")
+        thread.start()
+        return thread
+
+
+@dataclass
+class DemoSummary:
+    events_sent: int
+    events_per_s: float
+    processed: int
+    dead_lettered: int
+    recs_published: int
+    latency_p50_ms: float
+    latency_p99_ms: float
+    hit_rate_at_k: float
+    elapsed_s: float
+
+
+def ensure_dataset(settings: Settings, users: int, items: int, seed: int, console: Console) -> Dataset:
+    folder = settings.dataset_dir
+    if (folder / "manifest.json").exists():
+        data = Dataset.load(folder)
+        if data.extra.get("users") == users and data.extra.get("items") == items and data.extra.get("seed") == seed:
+            console.log(f"using data set {folder} ({len(data.interactions):,} interactions)")
+            return data
+    from models.data.synth import synthesize
+
+    with console.status(f"generating synthetic data: {users} shoppers, {items} items, seed {seed}"):
+        data = synthesize(users=users, items=items, seed=seed)
+    data.save(folder)
+    console.log(f"generated {folder}: {len(data.interactions):,} interactions, {len(data.items):,} items")
+    return data
+
+
+def run_demo(settings: Settings, users: int = 600, items: int = 1000, seed: int = 0, rate: float = 1000.0,
+             examples: int = 3, console: Console | None = None) -> DemoSummary:
+    console = console or Console()
+    data = ensure_dataset(settings, users, items, seed, console)
+    _, _, test = data.parts()
+    run_home = settings.home / "demo-run"
+    shutil.rmtree(run_home, ignore_errors=True)  # a fresh broker each run: counts start at zero
+    run_settings = Settings.from_env(home=run_home, dataset=settings.dataset_dir)
+    started = time.monotonic()
+    with DevStack(run_settings) as stack:
+        with console.status("starting the embedded broker and a stream worker"):
+            bootstrap = stack.start_broker()
+            worker = stack.start_worker()
+        console.log(f"{run_settings.broker} broker on {bootstrap}; worker web on 127.0.0.1:{worker.web_port}")
+        watch = Watch()
+        watcher = watch.follow(bootstrap)
+        progress = ReplayProgress()
+        replayer = threading.Thread(target=replay, kwargs=dict(
+            interactions=test, bootstrap=bootstrap, id_prefix=data.data_hash()[:8], rate=rate, progress=progress))
+        console.log(f"replaying the test period: {len(test):,} events at up to {rate:,.0f}/s")
+        replayer.start()
+        _inject_malformed(bootstrap)
+        expected = len(test) + len(MALFORMED)
+        with Live(_table(progress, worker.stats(), watch), console=console, refresh_per_second=4) as live:
+            while True:
+                stats = worker.stats()
+                live.update(_table(progress, stats, watch))
+                if not replayer.is_alive() and stats["received"] >= expected and _settled(watch, stats):
+                    break
+                time.sleep(0.25)
+        watch.stop.set()
+        watcher.join(5)
+        summary = _summarise(progress, stats, watch, test, run_settings.recs_k, time.monotonic() - started)
+        _show_examples(console, watch.recs, data, test, examples)
+    console.log("stopped the worker and the broker")
+    return summary
+
+
+def _inject_malformed(bootstrap: str) -> None:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap)
+    for raw in MALFORMED:
+        producer.send("events.clicks", key=b"u1", value=raw)
+    producer.flush()
+    producer.close()
+
+
+def _settled(watch: Watch, stats: dict) -> bool:
+    return len(watch.recs) >= stats["recs_published"] and len(watch.dead) >= stats["dead_lettered"]
+
+
+def _table(progress: ReplayProgress, stats: dict, watch: Watch) -> Table:
+    lat = [r["latency_ms"] for r in watch.recs[-2000:]]
+    table = Table(title="stylestream live", show_header=False, min_width=48)
+    table.add_row("events replayed", f"{progress.sent:,} / {progress.total:,}  ({progress.rate:,.0f}/s)")
+    table.add_row("events processed", f"{stats['processed']:,}  (duplicates dropped {stats['duplicates']})")
+    table.add_row("recommendations", f"{len(watch.recs):,} on recs.out")
+    table.add_row("dead letters", f"{len(watch.dead)} on events.dlq")
+    if lat:
+        table.add_row("latency event→recs", f"p50 {np.percentile(lat, 50):.1f} ms · p99 {np.percentile(lat, 99):.1f} ms")
+    return table
+
+
+def _summarise(progress: ReplayProgress, stats: dict, watch: Watch, test: pd.DataFrame, k: int,
+               elapsed: float) -> DemoSummary:
+    lat = [r["latency_ms"] for r in watch.recs] or [float("nan")]
+    return DemoSummary(events_sent=progress.sent, events_per_s=round(progress.rate, 1),
+                       processed=stats["processed"], dead_lettered=len(watch.dead),
+                       recs_published=len(watch.recs), latency_p50_ms=round(float(np.percentile(lat, 50)), 2),
+                       latency_p99_ms=round(float(np.percentile(lat, 99)), 2),
+                       hit_rate_at_k=round(hit_rate(watch.recs, test), 4), elapsed_s=round(elapsed, 1))
+
+
+def hit_rate(recs: list[dict], test: pd.DataFrame) -> float:
+    """Share of recommendations whose list holds the shopper's next purchase after the trigger.
+
+    Replayed event ids end in the interaction's row index, which gives the trigger's time.
+    """
+    purchases = test[test["kind"] == "purchase"]
+    by_user: dict[str, list[tuple[pd.Timestamp, str]]] = {}
+    for user, t, item in zip(purchases["user_id"], purchases["ts"], purchases["item_id"], strict=True):
+        by_user.setdefault(user, []).append((t, item))
+    hits = scored = 0
+    for rec in recs:
+        at = _trigger_time(rec, test)
+        nxt = next((item for t, item in by_user.get(rec["user_id"], []) if at is not None and t > at), None)
+        if nxt is None:
+            continue
+        scored += 1
+        hits += nxt in {it["item_id"] for it in rec["items"]}
+    return hits / scored if scored else float("nan")
+
+
+def _trigger_time(rec: dict, test: pd.DataFrame) -> pd.Timestamp | None:
+    try:
+        return test.at[int(rec["trigger_event_id"].rsplit("-", 1)[1]), "ts"]
+    except (ValueError, KeyError, IndexError):
+        return None
+
+
+def _show_examples(console: Console, recs: list[dict], data: Dataset, test: pd.DataFrame, n: int) -> None:
+    titles = dict(zip(data.items["item_id"], data.items["title"].fillna(""), strict=True))
+    for rec in [r for r in recs if r["items"]][-n:]:
+        at = _trigger_time(rec, test)
+        seen = test[(test["user_id"] == rec["user_id"]) & (test["ts"] <= at)].tail(3) if at is not None else test[:0]
+        table = Table(title=f"shopper {rec['user_id']}: recommendation in {rec['latency_ms']:.0f} ms "
+                            f"({rec['model_version'].split('@')[0]})", title_justify="left")
+        table.add_column("")
+        table.add_column("item")
+        table.add_column("score", justify="right")
+        for kind, item in zip(seen["kind"], seen["item_id"], strict=True):
+            table.add_row(f"[dim]{kind}ed[/dim]".replace("purchaseed", "bought"), f"[dim]{titles.get(item, item)}[/dim]", "")
+        for i, item in enumerate(rec["items"][:5], 1):
+            table.add_row(f"#{i}", item["title"] or titles.get(item["item_id"], item["item_id"]), f"{item['score']:.3f}")
+        console.print(table)
+
+
+def write_summary(summary: DemoSummary, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(vars(summary), indent=2) + "\n")
