@@ -52,6 +52,12 @@ def install_recommender(rec: Recommender) -> None:
     _recommender = rec
 
 
+@app.task
+async def load_recommender() -> None:
+    """Load the model when the worker starts, not on the first event (which would stall ~1 s)."""
+    recommender()
+
+
 @app.agent(events_topic)
 async def sequence_events(stream):
     async for event in stream.events():
@@ -113,7 +119,9 @@ async def idle_triggers() -> None:
 
 @app.page("/stats/")
 async def stats_page(web, request):
-    return web.json(vars(stats))
+    ready = (app.tables.recovery.completed.is_set() and not app.rebalancing and not app.in_recovery
+             and _recommender is not None)
+    return web.json({**vars(stats), "ready": ready})
 
 
 @app.page("/users/{user_id}/")

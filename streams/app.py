@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import faust
 
+from streams import fetch_backoff
 from stylestream.config import Settings
 from stylestream.records import CLICKS, DLQ, PURCHASES, RECS
 
 settings = Settings.from_env()
+fetch_backoff.install(settings.fetch_idle_wait_ms)
 
 app = faust.App(
     "stylestream",
@@ -24,6 +26,7 @@ app = faust.App(
     broker_session_timeout=settings.session_timeout,
     broker_heartbeat_interval=1,
     broker_commit_interval=settings.commit_interval,
+    producer_linger=settings.producer_linger_ms / 1000,
     consumer_auto_offset_reset="earliest",
     # Static membership: a crashed worker restarted under the same id takes its partitions
     # back at once, instead of waiting for the group to evict the dead member (which

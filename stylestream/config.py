@@ -38,6 +38,8 @@ class Settings:
     dataset: Path = field(default=Path(""), metadata={"doc": "data set folder the worker's recommender loads (empty = home/data/synth)"})
     worker_id: str = field(default="worker-1", metadata={"doc": "static group member id of a stream worker (KIP-345): a restarted worker takes its partitions back at once"})
     worker_web_port: int = field(default=6066, metadata={"doc": "Faust worker web port (stats, sequences)"})
+    fetch_idle_wait_ms: float = field(default=5.0, metadata={"doc": "minimum time an empty fetch takes (client-side); stops idle spinning on brokers that ignore fetch.max.wait.ms (noida-db); 0 = off"})
+    producer_linger_ms: float = field(default=2.0, metadata={"doc": "how long the worker's producer batches sends (table changelog, recs.out)"})
     commit_interval: float = field(default=1.0, metadata={"doc": "seconds between offset commits"})
     session_timeout: float = field(default=6.0, metadata={"doc": "consumer group session timeout; small so joins take seconds"})
     ray_dashboard_port: int = field(default=8265, metadata={"doc": "local Ray dashboard port (127.0.0.1 only)"})

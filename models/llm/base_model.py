@@ -133,8 +133,8 @@ def load_base_model(path: Path, dtype: torch.dtype = torch.float32,
     """
     path = Path(path)
     if not is_checkpoint(path):
-        raise BaseModelError(f"{path} is not a model folder (no config.json); "
-                             "materialise one with `materialise_smollm2` or pass a local HF checkpoint")
+        raise BaseModelError(f"{path} is not a model folder (no config.json); materialise one "
+                             "with `materialise_smollm2` or pass a local HF checkpoint")
     started = time.perf_counter()
     with quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)

@@ -157,27 +157,36 @@ class Generator:
                         self.tokenizer.pad_token_id)
 
     @torch.inference_mode()
-    def generate(self, prompts: Sequence[str], max_new_tokens: int = 24,
-                 num_beams: int = 1) -> GenerationResult:
-        """Generate one answer per prompt in a single batch (greedy unless ``num_beams`` > 1)."""
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = 24, num_beams: int = 1,
+                 fixed_length: bool = False) -> GenerationResult:
+        """Generate one answer per prompt in a single batch (greedy unless ``num_beams`` > 1).
+
+        ``fixed_length`` decodes exactly ``max_new_tokens`` per row, ignoring EOS and line
+        ends: benchmarks use it so throughput does not depend on what the model says.
+        """
         if not prompts:
             return GenerationResult([], [], [], 0.0, 0, 0)
         started = time.perf_counter()
         ids, mask = self.encode(prompts)
         stopping = None
-        if self.newline_ids and num_beams == 1:
+        if self.newline_ids and num_beams == 1 and not fixed_length:
             stopping = StoppingCriteriaList([_StopAtLineEnd(self.newline_ids, ids.shape[1])])
         out = self.model.generate(
             input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-            max_new_tokens=max_new_tokens, do_sample=False, num_beams=num_beams,
-            eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id,
-            stopping_criteria=stopping, temperature=None, top_p=None, top_k=None)
+            max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens if fixed_length else None,
+            do_sample=False, num_beams=num_beams, eos_token_id=self.stop_ids,
+            pad_token_id=self.tokenizer.pad_token_id, stopping_criteria=stopping,
+            temperature=None, top_p=None, top_k=None)
         new = out[:, ids.shape[1]:].cpu()
         seconds = time.perf_counter() - started
-        return self._result(new, seconds, len(prompts))
+        return self._result(new, seconds, len(prompts), fixed_length)
 
-    def _result(self, new: torch.Tensor, seconds: float, batch: int) -> GenerationResult:
-        counts, finished = count_new_tokens(new, self.stop_ids, self.newline_ids)
+    def _result(self, new: torch.Tensor, seconds: float, batch: int,
+                fixed_length: bool = False) -> GenerationResult:
+        if fixed_length:
+            counts, finished = [new.shape[1]] * new.shape[0], [True] * new.shape[0]
+        else:
+            counts, finished = count_new_tokens(new, self.stop_ids, self.newline_ids)
         return build_result(self.tokenizer, new, counts, finished, seconds, batch)
 
 

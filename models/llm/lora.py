@@ -30,8 +30,12 @@ from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 from peft.utils import load_peft_weights
 from tqdm.auto import tqdm
 
-from models.llm.base_model import load_base_model, quiet_transformers, resolve_device, \
-    stop_token_ids
+from models.llm.base_model import (
+    load_base_model,
+    quiet_transformers,
+    resolve_device,
+    stop_token_ids,
+)
 from models.llm.prompts import Example, encode_prompt
 
 IGNORE_INDEX = -100
@@ -89,6 +93,7 @@ class TrainResult:
     start_step: int
     final_loss: float
     losses: list[float] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)
     seconds_per_step: float = 0.0
     train_seconds: float = 0.0
     truncated_examples: int = 0
@@ -101,7 +106,8 @@ class _Encoded:
 
 
 # -- tokenisation ------------------------------------------------------------------------
-def encode_example(tokenizer: Any, example: Example, max_length: int, end_id: int) -> tuple[_Encoded, bool]:
+def encode_example(tokenizer: Any, example: Example, max_length: int,
+                   end_id: int) -> tuple[_Encoded, bool]:
     """Prompt + answer + EOS as ids, with the prompt masked; and whether it was truncated.
 
     Prompt and answer are encoded separately, exactly as generation will see them (the
@@ -131,7 +137,8 @@ def collate(batch: Sequence[_Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def micro_batch(encoded: Sequence[_Encoded], index: int, batch_size: int, seed: int) -> list[_Encoded]:
+def micro_batch(encoded: Sequence[_Encoded], index: int, batch_size: int,
+                seed: int) -> list[_Encoded]:
     """The ``index``-th micro-batch of the whole run, reproducible from the index alone.
 
     Each epoch is a fresh seeded permutation, so a resumed run sees exactly the batches
@@ -312,7 +319,8 @@ def _one_step(model: Any, optimizer: torch.optim.Optimizer, params: list[torch.n
 
 def _finish(model: Any, tokenizer: Any, examples: Sequence[Example], settings: LoraSettings,
             state: dict[str, Any], out_dir: Path, base_path: Path, data_hash: str,
-            start_step: int, run_seconds: float, truncated: int, export_merged: bool) -> TrainResult:
+            start_step: int, run_seconds: float, truncated: int,
+            export_merged: bool) -> TrainResult:
     """Save the adapter, the merged model and the manifest."""
     adapter_dir = out_dir / "adapter"
     model.save_pretrained(adapter_dir)
@@ -331,7 +339,7 @@ def _finish(model: Any, tokenizer: Any, examples: Sequence[Example], settings: L
     ran = int(state["step"]) - start_step
     result = TrainResult(out_dir, adapter_dir, merged_dir, out_dir / MANIFEST_NAME, version,
                          int(state["step"]), start_step, losses[-1] if losses else float("nan"),
-                         losses, sum(times) / len(times) if times else 0.0,
+                         losses, times, sum(times) / len(times) if times else 0.0,
                          run_seconds, truncated)
     manifest = _manifest(result, base_path, data_hash, settings, examples, model, ran)
     if merged_dir is not None:
@@ -371,6 +379,7 @@ def _manifest(result: TrainResult, base_path: Path, data_hash: str, settings: Lo
         "steps_this_run": ran,
         "train_seconds_this_run": round(result.train_seconds, 3),
         "seconds_per_step": round(result.seconds_per_step, 4),
+        "step_seconds": [round(t, 4) for t in result.step_seconds],
         "final_loss": result.final_loss,
         "loss_curve": result.losses,
         "truncated_examples": result.truncated_examples,

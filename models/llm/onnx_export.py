@@ -28,8 +28,13 @@ import torch
 from transformers import DynamicCache
 
 from models.llm.base_model import load_base_model, prepare_tokenizer, stop_token_ids
-from models.llm.generate import GenerationResult, build_result, count_new_tokens, left_pad, \
-    newline_token_ids
+from models.llm.generate import (
+    GenerationResult,
+    build_result,
+    count_new_tokens,
+    left_pad,
+    newline_token_ids,
+)
 from models.llm.prompts import encode_prompt
 
 ONNX_NAME = "model.onnx"
@@ -231,22 +236,27 @@ class OnnxGenerator:
         logits, _ = self._run(ids_np, mask_np, positions(mask_np), self._empty_cache(len(prompts)))
         return logits
 
-    def generate(self, prompts: Sequence[str], max_new_tokens: int = 24,
-                 num_beams: int = 1) -> GenerationResult:
-        """Greedy answers for a batch; only ``num_beams=1`` is supported here."""
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = 24, num_beams: int = 1,
+                 fixed_length: bool = False) -> GenerationResult:
+        """Greedy answers for a batch; only ``num_beams=1`` is supported here.
+
+        ``fixed_length`` decodes exactly ``max_new_tokens`` per row (for benchmarks).
+        """
         if num_beams != 1:
             raise ValueError("OnnxGenerator decodes greedily only (num_beams=1)")
         if not prompts:
             return GenerationResult([], [], [], 0.0, 0, 0)
         started = time.perf_counter()
-        new = self._greedy(prompts, max_new_tokens)
+        new = torch.from_numpy(self._greedy(prompts, max_new_tokens, fixed_length))
         seconds = time.perf_counter() - started
-        counts, finished = count_new_tokens(torch.from_numpy(new), self.stop_ids,
-                                            self.newline_ids)
-        return build_result(self.tokenizer, torch.from_numpy(new), counts, finished, seconds,
-                            len(prompts))
+        if fixed_length:
+            counts, finished = [new.shape[1]] * new.shape[0], [True] * new.shape[0]
+        else:
+            counts, finished = count_new_tokens(new, self.stop_ids, self.newline_ids)
+        return build_result(self.tokenizer, new, counts, finished, seconds, len(prompts))
 
-    def _greedy(self, prompts: Sequence[str], max_new_tokens: int) -> np.ndarray:
+    def _greedy(self, prompts: Sequence[str], max_new_tokens: int,
+                fixed_length: bool = False) -> np.ndarray:
         """Generated ids (batch, steps); finished rows continue with the pad token, as in HF."""
         ids_t, mask_t = left_pad([encode_prompt(self.tokenizer, p) for p in prompts],
                                  self.tokenizer.pad_token_id)
@@ -258,9 +268,12 @@ class OnnxGenerator:
         steps: list[np.ndarray] = []
         for step in range(max_new_tokens):
             logits, past = self._run(ids, mask, pos, past)
+            if fixed_length:  # as HF's min_new_tokens: EOS can never win
+                logits[:, stops] = -np.inf
             token = np.where(done, self.tokenizer.pad_token_id, logits.argmax(-1)).astype(np.int64)
             steps.append(token)
-            done |= np.isin(token, stops) | ((step > 0) & np.isin(token, newlines))
+            if not fixed_length:
+                done |= np.isin(token, stops) | ((step > 0) & np.isin(token, newlines))
             if done.all():
                 break
             ids = token[:, None]

@@ -40,6 +40,7 @@ class Worker:
             return json.loads(r.read())
 
     def stats(self) -> dict[str, int]:
+        """Counters of this worker's life, and ``ready``: partitions assigned and tables recovered."""
         return self.get("/stats/")
 
 
@@ -82,11 +83,13 @@ class DevStack:
         port = free_port()
         self.workers_started += 1
         log_path = self.settings.home / "logs" / f"{worker_id}.{self.workers_started}.log"
-        argv = [sys.executable, "-m", "streams", "worker", "-l", self.settings.log_level.lower()]
+        level = {"WARNING": "warn", "CRITICAL": "crit"}.get(self.settings.log_level.upper(),
+                                                            self.settings.log_level.lower())
+        argv = [sys.executable, "-m", "streams", "worker", "-l", level]
         proc = spawn(argv, log_path, env=self.worker_env(port, worker_id), cwd=Path.cwd())
         worker = Worker(proc, port, log_path, worker_id)
         self.workers.append(worker)
-        wait_until(lambda: _ready(log_path), timeout, "stream worker", proc, log_path)
+        wait_until(lambda: worker.stats()["ready"], timeout, "stream worker", proc, log_path)
         log.info("stream worker pid %d ready (web 127.0.0.1:%d)", proc.pid, port)
         return worker
 
@@ -137,8 +140,3 @@ class DevStack:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _ready(log_path: Path) -> bool:
-    """Faust logs 'Ready' once the worker is assigned partitions and its tables are recovered."""
-    return log_path.exists() and "[^Worker]: Ready" in log_path.read_text(errors="replace")

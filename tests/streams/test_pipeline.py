@@ -7,7 +7,7 @@ import signal
 from collections import Counter
 
 import pytest
-from conftest import dumps, event, read_topic, wait_for
+from harness import dumps, event, read_topic, wait_for
 from kafka import KafkaProducer
 
 from stylestream.records import CLICKS, DLQ, PURCHASES, RECS

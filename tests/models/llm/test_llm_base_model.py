@@ -8,8 +8,13 @@ import pytest
 import torch
 
 from models.llm import base_model
-from models.llm.base_model import BaseModelError, default_base_model_path, load_base_model, \
-    materialise_smollm2, stop_token_ids
+from models.llm.base_model import (
+    BaseModelError,
+    default_base_model_path,
+    load_base_model,
+    materialise_smollm2,
+    stop_token_ids,
+)
 
 
 def test_load_tiny_models_sets_padding(tiny_model: Path) -> None:

@@ -21,7 +21,8 @@ def prompts_for(tokenizer, n: int = 3) -> list[str]:
 
 @pytest.fixture(scope="module")
 def generators(tiny_llama: Path, tiny_qwen: Path) -> dict[str, Generator]:
-    return {"llama": Generator(tiny_llama, device="cpu"), "qwen": Generator(tiny_qwen, device="cpu")}
+    return {"llama": Generator(tiny_llama, device="cpu"),
+            "qwen": Generator(tiny_qwen, device="cpu")}
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen"])

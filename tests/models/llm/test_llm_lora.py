@@ -11,8 +11,14 @@ import torch
 from models.llm import lora
 from models.llm.base_model import load_base_model
 from models.llm.generate import Generator
-from models.llm.lora import IGNORE_INDEX, LoraSettings, collate, encode_example, \
-    latest_checkpoint, train_lora
+from models.llm.lora import (
+    IGNORE_INDEX,
+    LoraSettings,
+    collate,
+    encode_example,
+    latest_checkpoint,
+    train_lora,
+)
 from models.llm.prompts import Example, HistoryEvent, render_prompt
 
 FAST = dict(rank=4, alpha=8, lr=2e-2, batch_size=2, max_length=128, checkpoint_every=2)

@@ -9,8 +9,13 @@ import pytest
 
 from models.llm.base_model import load_base_model
 from models.llm.generate import Generator
-from models.llm.onnx_export import OnnxGenerator, create_session, export_onnx, onnx_providers, \
-    torch_next_token_logits
+from models.llm.onnx_export import (
+    OnnxGenerator,
+    create_session,
+    export_onnx,
+    onnx_providers,
+    torch_next_token_logits,
+)
 from models.llm.prompts import HistoryEvent, render_prompt
 
 LOGIT_ATOL = 1e-4  # fp32 torch vs ONNX Runtime; tiny models agree to ~1e-6
@@ -53,6 +58,10 @@ def test_greedy_answers_match_torch_batched_and_single(exported) -> None:
     assert ours.new_tokens == ref.new_tokens and ours.malformed == ref.malformed
     assert [onnx_gen.generate([p], max_new_tokens=8).raw_texts[0] for p in prompts] == ref.raw_texts
     assert ours.tokens_per_s > 0 and onnx_gen.providers[-1] == "CPUExecutionProvider"
+    fixed_ref = torch_gen.generate(prompts, max_new_tokens=8, fixed_length=True)
+    fixed = onnx_gen.generate(prompts, max_new_tokens=8, fixed_length=True)
+    assert fixed.new_tokens == fixed_ref.new_tokens == [8, 8, 8]
+    assert fixed.raw_texts == fixed_ref.raw_texts
     with pytest.raises(ValueError):
         onnx_gen.generate(prompts, num_beams=2)
 

@@ -1,10 +1,18 @@
-"""Prompt building: order, kinds, attributes, truncation from the oldest side, targets, aux tasks."""
+"""Prompt building: order, kinds, attributes, truncation from the oldest side, targets, aux."""
 
 from __future__ import annotations
 
 import pytest
-from models.llm.prompts import PLAIN_ANSWER_CUE, Example, HistoryEvent, build_examples, \
-    history_length, render_event, render_prompt
+
+from models.llm.prompts import (
+    PLAIN_ANSWER_CUE,
+    Example,
+    HistoryEvent,
+    build_examples,
+    history_length,
+    render_event,
+    render_prompt,
+)
 
 
 def history_lines(prompt: str) -> list[str]:
@@ -66,7 +74,8 @@ def test_build_examples_targets_kinds_and_aux_task(shop) -> None:
     assert by_key[("u1", "category")].target == "accessories"
     lines = history_lines(u1.prompt)
     assert len(lines) == 6 and u1.n_history == 6
-    assert lines[0] == "1. clicked: red linen dress | category: dresses | colour: red | brand: mango"
+    assert lines[0] == ("1. clicked: red linen dress | category: dresses | colour: red"
+                        " | brand: mango")
     assert lines[2].startswith("3. bought: red linen dress")
     assert lines[-1].startswith("6. bought: black leather boots")  # newest last
     assert "green wool scarf" not in u1.prompt  # the target never leaks into its history
