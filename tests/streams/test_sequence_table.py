@@ -1,0 +1,48 @@
+from streams.sequence_table import UserSequence
+from streams.trigger import IdleTracker, TriggerPolicy
+from stylestream.records import ClickEvent, PurchaseEvent
+
+
+def click(i: int, ts: float | None = None) -> ClickEvent:
+    return ClickEvent(event_id=f"c{i}", user_id="u", item_id=f"i{i}", ts=ts if ts is not None else i)
+
+
+def test_rolling_window_keeps_newest_in_event_time_order():
+    seq = UserSequence()
+    for i in [3, 1, 2, 5, 4]:
+        assert seq.add(click(i), max_len=3)
+    assert seq.item_ids == ["i3", "i4", "i5"]
+    assert seq.n_events == 5 and seq.clicks_since_rec == 5
+
+
+def test_redelivered_event_is_dropped():
+    seq = UserSequence()
+    assert seq.add(click(1), 10)
+    assert not seq.add(click(1), 10)
+    assert seq.n_events == 1
+
+
+def test_round_trip_through_the_table_value():
+    seq = UserSequence()
+    seq.add(click(1), 10)
+    seq.add(PurchaseEvent(event_id="p", user_id="u", item_id="i9", ts=9), 10)
+    back = UserSequence.from_dict(seq.to_dict())
+    assert back == seq and back.events[-1].kind == "purchase"
+    assert UserSequence.from_dict({}) == UserSequence()
+
+
+def test_trigger_policy():
+    policy = TriggerPolicy(every_clicks=3, idle_seconds=10)
+    assert policy.on_event("purchase", 0)
+    assert not policy.on_event("click", 2)
+    assert policy.on_event("click", 3)
+    assert not TriggerPolicy(every_clicks=0).on_event("click", 100)
+
+
+def test_idle_tracker_fires_once_after_quiet_period():
+    idle = IdleTracker(idle_seconds=10)
+    idle.touch("u", "c1", answered=False, now=0)
+    idle.touch("v", "c2", answered=True, now=0)
+    assert idle.due(now=5) == []
+    assert idle.due(now=11) == [("u", "c1")]
+    assert idle.due(now=30) == []

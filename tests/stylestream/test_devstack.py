@@ -1,0 +1,89 @@
+"""The embedded stack owns its children: started on demand, gone after close (or after our death)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from stylestream.config import Settings
+from stylestream.devstack import DevStack, EmbeddedBroker
+from stylestream.devstack.processes import pid_alive, port_open
+from stylestream.topics import ALL_TOPICS
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("kind", ["noida", "tansu"])
+def test_broker_starts_answers_and_stops(tmp_path, kind):
+    broker = EmbeddedBroker(kind, tmp_path).start()
+    try:
+        from kafka import KafkaAdminClient
+
+        admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        assert isinstance(admin.list_topics(), list)
+        admin.close()
+        pid = broker.proc.pid
+    finally:
+        broker.stop()
+    assert not pid_alive(pid) and not port_open("127.0.0.1", broker.port)
+
+
+def test_broker_dies_with_a_killed_parent(tmp_path):
+    """Even SIGKILL of the owner leaves no broker behind (PR_SET_PDEATHSIG)."""
+    script = textwrap.dedent(f"""
+        import time
+        from stylestream.devstack import EmbeddedBroker
+        b = EmbeddedBroker("noida", {str(tmp_path)!r}).start()
+        print(b.proc.pid, b.port, flush=True)
+        time.sleep(600)
+    """)
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    pid, port = map(int, owner.stdout.readline().split())
+    assert pid_alive(pid)
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    deadline = time.monotonic() + 10
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    assert not port_open("127.0.0.1", port)
+
+
+def test_external_kafka_means_nothing_is_started(tmp_path):
+    with EmbeddedBroker("noida", tmp_path / "ext") as external:
+        settings = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": external.bootstrap,
+                                      "STYLESTREAM_HOME": str(tmp_path / "home")})
+        with DevStack(settings) as stack:
+            assert stack.start_broker() == external.bootstrap
+            assert stack.broker is None
+        from kafka import KafkaAdminClient
+
+        admin = KafkaAdminClient(bootstrap_servers=external.bootstrap)
+        assert set(ALL_TOPICS) <= set(admin.list_topics()), "topics were created on the external broker"
+        admin.close()
+
+
+def test_milvus_lite_and_local_ray(tmp_path):
+    import ray
+
+    settings = Settings.from_env({"STYLESTREAM_HOME": str(tmp_path)}, ray_dashboard_port=0)
+    with DevStack(settings) as stack:
+        client = stack.start_milvus()
+        client.create_collection("smoke", dimension=4)
+        client.insert("smoke", [{"id": 1, "vector": [1.0, 0, 0, 0]}, {"id": 2, "vector": [0, 1.0, 0, 0]}])
+        client.flush("smoke")
+        hits = client.search("smoke", data=[[0.9, 0.1, 0, 0]], limit=1)
+        assert hits[0][0]["id"] == 1
+        stack.start_ray()
+        assert ray.get(ray.remote(lambda: 41 + 1).remote()) == 42
+    assert not ray.is_initialized()
+    assert (tmp_path / "milvus.db").exists()
