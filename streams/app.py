@@ -32,7 +32,7 @@ app = faust.App(
     # back at once, instead of waiting for the group to evict the dead member (which
     # noida-db never does: its dead leader blocks the group forever).
     consumer_group_instance_id=settings.worker_id,
-    web_bind="127.0.0.1",
+    web_bind=settings.worker_web_bind,
     web_port=settings.worker_web_port,
     web_in_thread=False,
     datadir=str(settings.home / "faust"),

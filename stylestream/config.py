@@ -31,12 +31,12 @@ class Settings:
     milvus_uri: str = field(default="", metadata={"doc": "external Milvus; empty = Milvus Lite file under home"})
     topic_partitions: int = field(default=4, metadata={"doc": "partitions of the event topics and of the table changelog"})
     sequence_length: int = field(default=50, metadata={"doc": "events kept per user in the rolling sequence"})
-    dedup_window: int = field(default=256, metadata={"doc": "recent event_ids kept per user to drop redeliveries"})
     trigger_every_clicks: int = field(default=5, metadata={"doc": "recommend after every k-th click (0 = never on clicks)"})
     trigger_idle_seconds: float = field(default=30.0, metadata={"doc": "recommend when a user with unserved clicks is idle this long (0 = off)"})
     recs_k: int = field(default=10, metadata={"doc": "items per recommendation"})
     dataset: Path = field(default=Path(""), metadata={"doc": "data set folder the worker's recommender loads (empty = home/data/synth)"})
     worker_id: str = field(default="worker-1", metadata={"doc": "static group member id of a stream worker (KIP-345): a restarted worker takes its partitions back at once"})
+    worker_web_bind: str = field(default="127.0.0.1", metadata={"doc": "address the worker's web view binds (0.0.0.0 in a pod)"})
     worker_web_port: int = field(default=6066, metadata={"doc": "Faust worker web port (stats, sequences)"})
     fetch_idle_wait_ms: float = field(default=5.0, metadata={"doc": "minimum time an empty fetch takes (client-side); stops idle spinning on brokers that ignore fetch.max.wait.ms (noida-db); 0 = off"})
     producer_linger_ms: float = field(default=2.0, metadata={"doc": "how long the worker's producer batches sends (table changelog, recs.out)"})
@@ -63,7 +63,7 @@ class Settings:
     def validate(self) -> None:
         if self.broker not in ("noida", "tansu"):
             raise ConfigError(f"{env_name('broker')} must be 'noida' or 'tansu', not {self.broker!r}")
-        for name in ("topic_partitions", "sequence_length", "dedup_window", "recs_k"):
+        for name in ("topic_partitions", "sequence_length", "recs_k"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{env_name(name)} must be at least 1, not {getattr(self, name)}")
 

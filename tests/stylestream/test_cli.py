@@ -1,0 +1,83 @@
+"""The command line: helpful --help, one readable line for bad input, and the demo end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from stylestream.cli import app
+
+runner = CliRunner()
+
+
+def test_help_explains_every_command():
+    out = runner.invoke(app, ["--help"]).output
+    for command in ("demo", "up", "data", "replay", "config"):
+        assert command in out
+    assert "synth" in runner.invoke(app, ["data", "--help"]).output
+    assert "hm-sample" in runner.invoke(app, ["data", "import", "--help"]).output
+
+
+def test_synth_then_info(tmp_path):
+    result = runner.invoke(app, ["data", "synth", "--users", "30", "--items", "60", "--out", str(tmp_path / "d")])
+    assert result.exit_code == 0, result.output
+    assert "saved" in result.output
+    info = runner.invoke(app, ["data", "info", str(tmp_path / "d")])
+    assert info.exit_code == 0 and "train / val / test" in info.output
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stylestream.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=120)
+
+
+@pytest.mark.parametrize(("args", "env", "message"), [
+    (["data", "info", "/no/such/folder"], {}, "is not a stylestream data set"),
+    (["data", "import", "hm", "--articles", "/no/a.csv", "--transactions", "/no/t.csv"], {}, "/no/a.csv"),
+    (["replay"], {"KAFKA_BOOTSTRAP_SERVERS": ""}, "set KAFKA_BOOTSTRAP_SERVERS"),
+    (["demo"], {"STYLESTREAM_BROKER": "rabbit"}, "STYLESTREAM_BROKER must be 'noida' or 'tansu'"),
+])
+def test_bad_input_is_one_readable_line(args, env, message):
+    proc = run_cli(*args, env=env)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_bad_option_value_gets_usage_not_traceback():
+    proc = run_cli("data", "synth", "--users", "lots")
+    assert proc.returncode == 2 and "Invalid value" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_broken_csv_is_reported_not_raised(tmp_path: Path):
+    articles = tmp_path / "articles.csv"
+    articles.write_text("no_such_column\n1\n")
+    transactions = tmp_path / "t.csv"
+    transactions.write_text("t_dat,customer_id,article_id,price,sales_channel_id\n2020-01-01,c,1,0.1,1\n")
+    proc = run_cli("data", "import", "hm", "--articles", str(articles), "--transactions", str(transactions),
+                   "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2 and "article_id" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path):
+    """The README's main job, on a small data set: events in, recommendations and dead letters out."""
+    summary = tmp_path / "summary.json"
+    proc = subprocess.run([sys.executable, "-m", "stylestream.cli", "demo", "--users", "150", "--items", "300",
+                           "--rate", "0", "--summary", str(summary)], capture_output=True, text=True, timeout=400,
+                          env={**os.environ, "STYLESTREAM_HOME": str(tmp_path / "home")}, cwd=Path.cwd())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(summary.read_text())
+    assert result["events_sent"] > 500
+    assert result["processed"] == result["events_sent"]
+    assert result["dead_lettered"] == 3
+    assert result["recs_published"] > 50
+    assert "recommended" not in proc.stderr
+    assert "shopper" in proc.stdout and "#1" in proc.stdout
