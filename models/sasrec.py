@@ -56,9 +56,9 @@ class SASRecConfig:
     lr: float = 2e-3
     weight_decay: float = 0.0
     epochs: int = 40
-    batch_size: int = 128
+    batch_size: int = 64
     purchase_weight: float = 2.0
-    patience: int = 3  # epochs without validation improvement before stopping
+    patience: int = 4  # epochs without validation improvement before stopping
     eval_k: int = 10
     eval_kinds: tuple[str, ...] = ("purchase", "click")
     max_eval_events: int = 2000
@@ -108,9 +108,11 @@ class SASRec(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
         self.ln_f = nn.LayerNorm(cfg.dim)
-        nn.init.normal_(self.item_emb.weight, std=0.02)
+        nn.init.normal_(self.item_emb.weight, std=cfg.dim ** -0.5)
         nn.init.normal_(self.pos_emb.weight, std=0.02)
         nn.init.normal_(self.kind_emb.weight, std=0.02)
+        # items seen in training; the others' e_i were only ever pushed down as negatives
+        self.register_buffer("seen", torch.zeros(len(self.item_ids), dtype=torch.bool))
         self.manifest: dict[str, object] = {}
 
     def forward(self, items: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
@@ -131,6 +133,10 @@ class SASRec(nn.Module):
     def item_embeddings(self) -> np.ndarray:
         """ID embeddings e_i [n_items, d], rows in catalog order (not normalised)."""
         return self.item_emb.weight[1:self.bos].detach().cpu().numpy().copy()
+
+    def known_items(self) -> np.ndarray:
+        """Bool [n_items]: which items have a trained ID embedding (else impute one)."""
+        return self.seen.cpu().numpy().copy()
 
     def encode_history(self, history: Sequence[str], kinds: Sequence[str] | None = None
                        ) -> tuple[list[int], list[int]]:
@@ -287,6 +293,7 @@ def train_sasrec(data: Dataset | tuple[pd.DataFrame, ...], config: SASRecConfig 
     items, train, val, data_hash = _frames(data)
     model = SASRec(items["item_id"].astype(str).tolist(), cfg)
     windows = training_windows(train, model.index, model.bos, cfg)
+    model.seen[windows.targets[windows.targets != PAD] - 1] = True
     events = _validation_events(model, train, val, cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -361,6 +368,7 @@ def _manifest(model: SASRec, data_hash: str, best: float, best_epoch: int,
         "data_hash": data_hash,
         "created_at": pd.Timestamp.now(tz="UTC").isoformat(),
         "n_items": len(model.item_ids),
+        "n_known_items": int(model.seen.sum()),
         "n_windows": n_windows,
         "n_val_events": len(events) if events is not None else 0,
         "best_epoch": best_epoch,

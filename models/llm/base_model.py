@@ -131,7 +131,7 @@ def load_base_model(path: Path, dtype: torch.dtype = torch.float32,
     and left padding, which batched generation from a decoder-only model needs.
     ``attn_implementation`` ("eager", "sdpa") is passed through; ONNX export wants "eager".
     """
-    path = Path(path)
+    path = Path(path).resolve()  # absolute: adapters record it as their base model
     if not is_checkpoint(path):
         raise BaseModelError(f"{path} is not a model folder (no config.json); materialise one "
                              "with `materialise_smollm2` or pass a local HF checkpoint")

@@ -75,6 +75,7 @@ def test_attention_is_causal():
 def test_interface_shapes_and_unknown_items(trained):
     model, _ = trained
     assert model.item_embeddings().shape == (N_ITEMS, 32)
+    assert model.known_items().all() and model.manifest["n_known_items"] == N_ITEMS
     u = model.user_state(["i1", "i2"], ["click", "purchase"])
     assert u.shape == (32,)
     np.testing.assert_allclose(model.user_state(["nope", "i1", "i2"], ["click", "click", "purchase"]),
@@ -106,6 +107,7 @@ def test_save_load_round_trip(trained, tmp_path):
     history = ["i5", "i6", "i7"]
     np.testing.assert_array_equal(back.score(history), model.score(history))
     assert back.item_ids == model.item_ids and back.version == model.version
+    np.testing.assert_array_equal(back.known_items(), model.known_items())
 
 
 def test_trains_from_frames_without_validation():
@@ -113,3 +115,5 @@ def test_trains_from_frames_without_validation():
     cfg = SASRecConfig(dim=16, layers=1, max_len=8, epochs=2)
     model = train_sasrec((data.items, data.interactions), cfg, progress=False)
     assert model.manifest["best_epoch"] == 2 and model.manifest["n_val_events"] == 0
+    unseen = set(data.items["item_id"]) - set(data.interactions["item_id"])
+    assert model.known_items().sum() == N_ITEMS - len(unseen)
