@@ -70,12 +70,12 @@ async def sequence_events(stream):
         except BadRecord as exc:
             await dead_letter(msg.topic, msg.partition, msg.offset, msg.value, str(exc))
             continue
-        await apply_event(ev, msg.timestamp)
+        await apply_event(ev, (msg.topic, msg.partition, msg.offset), msg.timestamp)
 
 
-async def apply_event(ev: ClickEvent | PurchaseEvent, sent_at: float) -> None:
+async def apply_event(ev: ClickEvent | PurchaseEvent, source: tuple[str, int, int], sent_at: float) -> None:
     seq = UserSequence.from_dict(sequences[ev.user_id])
-    if not seq.add(ev, settings.sequence_length):
+    if not seq.add(ev, settings.sequence_length, source):
         stats.duplicates += 1
         return
     kind = "purchase" if isinstance(ev, PurchaseEvent) else "click"

@@ -32,7 +32,12 @@ def install(min_wait_ms: float) -> None:
         if not has_data:
             remaining = min_wait - (loop.time() - started)
             if remaining > 0:
-                await asyncio.sleep(remaining)
+                try:
+                    await asyncio.sleep(remaining)
+                except asyncio.CancelledError:
+                    # Fetcher.close() cancels then awaits pending fetch tasks; a CancelledError
+                    # escaping here aborts the close and hangs the worker's shutdown.
+                    pass
         return has_data
 
     Fetcher._proc_fetch_request = paced

@@ -2,9 +2,13 @@
 
 Kept as a plain JSON-able dict in the table (so the changelog is readable by any
 Kafka client) and handled through :class:`UserSequence` everywhere else.
-Redeliveries after a crash (at-least-once) are dropped by ``event_id``: any event
-still inside the rolling window is recognised, and a replay after a crash only
-re-sends the last uncommitted second or so.
+Redeliveries are dropped twice over. After a crash, Kafka redelivers everything
+since the last committed offset; the value records, per source partition, the offset
+of the last event it applied, and it is written to the changelog in the same record
+as the event itself, so "applied" and "remembered as applied" cannot diverge: an
+event at or below that offset is a redelivery, however old. A producer that sends
+the same event twice (new offset, same ``event_id``) is caught by ``event_id``
+within the rolling window.
 """
 
 from __future__ import annotations
@@ -29,9 +33,18 @@ class UserSequence:
     n_events: int = 0  # distinct events ever applied, for exactly-once accounting
     clicks_since_rec: int = 0
     last_ts: float = 0.0
+    offsets: dict[str, int] = field(default_factory=dict)  # "topic/partition" -> last applied offset
 
-    def add(self, event: ClickEvent | PurchaseEvent, max_len: int) -> bool:
-        """Append ``event``; return False (and change nothing) if it was already applied."""
+    def add(self, event: ClickEvent | PurchaseEvent, max_len: int, source: tuple[str, int, int] | None = None) -> bool:
+        """Append ``event`` read at ``source`` (topic, partition, offset).
+
+        Return False, changing nothing, if it was already applied.
+        """
+        if source is not None:
+            where, offset = f"{source[0]}/{source[1]}", source[2]
+            if offset <= self.offsets.get(where, -1):
+                return False
+            self.offsets[where] = offset
         if any(e.event_id == event.event_id for e in self.events):
             return False
         kind = "purchase" if isinstance(event, PurchaseEvent) else "click"
@@ -49,10 +62,10 @@ class UserSequence:
 
     def to_dict(self) -> dict[str, Any]:
         return {"events": [[e.event_id, e.item_id, e.kind, e.ts] for e in self.events], "n": self.n_events,
-                "c": self.clicks_since_rec, "t": self.last_ts}
+                "c": self.clicks_since_rec, "t": self.last_ts, "o": self.offsets}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> UserSequence:
         if not d:
             return cls()
-        return cls([SeqEvent(*e) for e in d["events"]], d["n"], d["c"], d["t"])
+        return cls([SeqEvent(*e) for e in d["events"]], d["n"], d["c"], d["t"], dict(d.get("o", {})))

@@ -98,7 +98,13 @@ def test_worker_killed_mid_stream_recovers_its_table_exactly(stack_factory):
     stack.stop_worker(worker, kill=True)  # mid-stream: part of the batch is not committed yet
     send(2500, 4000)
     worker = stack.start_worker()
-    wait_for(lambda: all_counts(worker, users) == sent, 120, "every event exactly once in the table")
+    try:
+        wait_for(lambda: all_counts(worker, users) == sent, 120, "every event exactly once in the table")
+    except AssertionError:
+        got = all_counts(worker, users)
+        diff = {u: (got[u], sent[u]) for u in users if got[u] != sent[u]}
+        raise AssertionError(f"table counts (got, sent) differ for {len(diff)} users: {diff}; "
+                             f"stats {worker.stats()}") from None
     for user in users:
         seq = worker.get(f"/users/{user}/")
         ids = [e[0] for e in seq["events"]]

@@ -22,6 +22,16 @@ def test_redelivered_event_is_dropped():
     assert seq.n_events == 1
 
 
+def test_redelivery_from_before_the_window_is_dropped_by_offset():
+    seq = UserSequence()
+    for i in range(10):
+        assert seq.add(click(i), max_len=2, source=("events.clicks", 3, 100 + i))
+    assert not seq.add(click(0), max_len=2, source=("events.clicks", 3, 100)), "replayed after a crash"
+    assert seq.add(click(50), max_len=2, source=("events.clicks", 1, 5)), "other partitions are independent"
+    assert seq.n_events == 11
+    assert UserSequence.from_dict(seq.to_dict()).offsets == {"events.clicks/3": 109, "events.clicks/1": 5}
+
+
 def test_round_trip_through_the_table_value():
     seq = UserSequence()
     seq.add(click(1), 10)

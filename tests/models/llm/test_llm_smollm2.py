@@ -24,7 +24,7 @@ def smollm2_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     """Converted once per machine: STYLESTREAM_SMOLLM2_DIR, else pytest's cache, else tmp."""
     if os.environ.get("STYLESTREAM_SMOLLM2_DIR"):
         return materialise_smollm2(Path(os.environ["STYLESTREAM_SMOLLM2_DIR"]))
-    cache = request.config.cache
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
     folder = cache.mkdir("stylestream-smollm2") if cache else tmp_path_factory.mktemp("smollm2")
     return materialise_smollm2(folder / "smollm2-135m-instruct")
 
