@@ -52,6 +52,7 @@ class CategoryPopularity(Popularity):
         self.item_category = dict(zip(self.item_ids, self.category, strict=True))
         total = self.scores.sum() or 1.0
         self.global_share = self.scores / total
+        self.members = {cat: np.flatnonzero(self.category == cat) for cat in np.unique(self.category)}
 
     def score(self, history: Sequence[str]) -> np.ndarray:
         weights: dict[str, float] = defaultdict(float)
@@ -61,7 +62,8 @@ class CategoryPopularity(Popularity):
                 weights[cat] += 0.8**age
         scores = self.global_share.copy()  # tie-breaker and cold-user fallback
         for cat, w in weights.items():
-            scores += w * np.where(self.category == cat, self.global_share, 0.0) * 100.0
+            idx = self.members[cat]
+            scores[idx] += w * self.global_share[idx] * 100.0
         return scores
 
 
