@@ -17,6 +17,11 @@ PREFIX = "STYLESTREAM_"
 PLAIN_NAMES = {"kafka_bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS", "milvus_uri": "MILVUS_URI"}
 
 
+def setting(default: Any, doc: str) -> Any:
+    """A settings field whose ``doc`` feeds the README table and ``stylestream config``."""
+    return field(default=default, metadata={"doc": doc})
+
+
 class ConfigError(ValueError):
     """A configuration value that cannot be used; the message names the variable."""
 
@@ -25,25 +30,29 @@ class ConfigError(ValueError):
 class Settings:
     """Runtime settings. Field docs double as the README's configuration table."""
 
-    home: Path = field(default=Path(".stylestream"), metadata={"doc": "working folder: data, broker files, Milvus Lite file, logs"})
-    kafka_bootstrap_servers: str = field(default="", metadata={"doc": "external Kafka; empty = start the embedded broker"})
-    broker: str = field(default="noida", metadata={"doc": "embedded broker: noida (persistent, exact offsets) or tansu (memory, fast)"})
-    milvus_uri: str = field(default="", metadata={"doc": "external Milvus; empty = Milvus Lite file under home"})
-    topic_partitions: int = field(default=4, metadata={"doc": "partitions of the event topics and of the table changelog"})
-    sequence_length: int = field(default=50, metadata={"doc": "events kept per user in the rolling sequence"})
-    trigger_every_clicks: int = field(default=5, metadata={"doc": "recommend after every k-th click (0 = never on clicks)"})
-    trigger_idle_seconds: float = field(default=30.0, metadata={"doc": "recommend when a user with unserved clicks is idle this long (0 = off)"})
-    recs_k: int = field(default=10, metadata={"doc": "items per recommendation"})
-    dataset: Path = field(default=Path(""), metadata={"doc": "data set folder the worker's recommender loads (empty = home/data/synth)"})
-    worker_id: str = field(default="worker-1", metadata={"doc": "static group member id of a stream worker (KIP-345): a restarted worker takes its partitions back at once"})
-    worker_web_bind: str = field(default="127.0.0.1", metadata={"doc": "address the worker's web view binds (0.0.0.0 in a pod)"})
-    worker_web_port: int = field(default=6066, metadata={"doc": "Faust worker web port (stats, sequences)"})
-    fetch_idle_wait_ms: float = field(default=5.0, metadata={"doc": "minimum time an empty fetch takes (client-side); stops idle spinning on brokers that ignore fetch.max.wait.ms (noida-db); 0 = off"})
-    producer_linger_ms: float = field(default=2.0, metadata={"doc": "how long the worker's producer batches sends (table changelog, recs.out)"})
-    commit_interval: float = field(default=1.0, metadata={"doc": "seconds between offset commits"})
-    session_timeout: float = field(default=6.0, metadata={"doc": "consumer group session timeout; small so joins take seconds"})
-    ray_dashboard_port: int = field(default=8265, metadata={"doc": "local Ray dashboard port (127.0.0.1 only)"})
-    log_level: str = field(default="INFO", metadata={"doc": "logging level"})
+    home: Path = setting(Path(".stylestream"), "working folder: data, broker files, Milvus Lite file, logs")
+    kafka_bootstrap_servers: str = setting("", "external Kafka; empty = start the embedded broker")
+    broker: str = setting("noida", "embedded broker: noida (persistent, exact offsets) or tansu (memory, fast)")
+    milvus_uri: str = setting("", "external Milvus; empty = Milvus Lite file under home")
+    topic_partitions: int = setting(4, "partitions of the event topics and of the table changelog")
+    sequence_length: int = setting(50, "events kept per user in the rolling sequence")
+    trigger_every_clicks: int = setting(5, "recommend after every k-th click (0 = never on clicks)")
+    trigger_idle_seconds: float = setting(30.0,
+                                          "recommend when a user with unserved clicks is idle this long (0 = off)")
+    recs_k: int = setting(10, "items per recommendation")
+    dataset: Path = setting(Path(""), "data set folder the worker's recommender loads (empty = home/data/synth)")
+    worker_id: str = setting("worker-1", "static group member id of a stream worker (KIP-345): "
+                                         "a restarted worker takes its partitions back at once")
+    worker_web_bind: str = setting("127.0.0.1", "address the worker's web view binds (0.0.0.0 in a pod)")
+    worker_web_port: int = setting(6066, "Faust worker web port (stats, sequences)")
+    fetch_idle_wait_ms: float = setting(5.0, "minimum time an empty fetch takes (client-side); stops idle spinning "
+                                             "on brokers that ignore fetch.max.wait.ms (noida-db); 0 = off")
+    producer_linger_ms: float = setting(2.0,
+                                        "how long the worker's producer batches sends (table changelog, recs.out)")
+    commit_interval: float = setting(1.0, "seconds between offset commits")
+    session_timeout: float = setting(6.0, "consumer group session timeout; small so joins take seconds")
+    ray_dashboard_port: int = setting(8265, "local Ray dashboard port (127.0.0.1 only)")
+    log_level: str = setting("INFO", "logging level")
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:

@@ -144,7 +144,8 @@ def _table(progress: ReplayProgress, stats: dict, watch: Watch) -> Table:
     table.add_row("recommendations", f"{len(watch.recs):,} on recs.out")
     table.add_row("dead letters", f"{len(watch.dead)} on events.dlq")
     if lat:
-        table.add_row("latency event→recs", f"p50 {np.percentile(lat, 50):.1f} ms · p99 {np.percentile(lat, 99):.1f} ms")
+        p50, p99 = np.percentile(lat, [50, 99])
+        table.add_row("latency event→recs", f"p50 {p50:.1f} ms · p99 {p99:.1f} ms")
     return table
 
 
@@ -196,9 +197,11 @@ def _show_examples(console: Console, recs: list[dict], data: Dataset, test: pd.D
         table.add_column("item")
         table.add_column("score", justify="right")
         for kind, item in zip(seen["kind"], seen["item_id"], strict=True):
-            table.add_row(f"[dim]{kind}ed[/dim]".replace("purchaseed", "bought"), f"[dim]{titles.get(item, item)}[/dim]", "")
+            verb = "bought" if kind == "purchase" else "clicked"
+            table.add_row(f"[dim]{verb}[/dim]", f"[dim]{titles.get(item, item)}[/dim]", "")
         for i, item in enumerate(rec["items"][:5], 1):
-            table.add_row(f"#{i}", item["title"] or titles.get(item["item_id"], item["item_id"]), f"{item['score']:.3f}")
+            title = item["title"] or titles.get(item["item_id"], item["item_id"])
+            table.add_row(f"#{i}", title, f"{item['score']:.3f}")
         console.print(table)
 
 

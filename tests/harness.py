@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Callable
 
+
 def event(kind: str, i: int, user: str, item: str = "i1", ts: float | None = None) -> dict:
     return {"event_id": f"{kind[0]}{i}", "user_id": user, "item_id": item,
             "ts": ts if ts is not None else 1_800_000_000 + i}
