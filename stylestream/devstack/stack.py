@@ -101,6 +101,7 @@ class DevStack:
 
     # -- Milvus and Ray ------------------------------------------------------------------
     def start_milvus(self) -> Any:
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # silence gRPC's fork notices on every child
         from pymilvus import MilvusClient
 
         uri = self.settings.milvus_uri or str(self.settings.home / "milvus.db")
