@@ -158,6 +158,16 @@ def build_vocabulary(texts: Sequence[str], max_size: int = 50_000, min_count: in
     return [PAD_TOKEN, UNK_TOKEN, *common]
 
 
+def length_buckets(lengths: Sequence[int] | np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Indices grouped by equal length, in chunks of ``batch_size``: batches that need no padding."""
+    lengths = np.asarray(lengths)
+    buckets = []
+    for length in np.unique(lengths):
+        idx = np.flatnonzero(lengths == length)
+        buckets += [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
+    return buckets
+
+
 @dataclass
 class LSTMConfig:
     word_dim: int = 64
@@ -192,21 +202,30 @@ class LSTMTitleEncoder(nn.Module):
         return out
 
     def forward(self, texts: Sequence[str]) -> torch.Tensor:
+        """Packed, so the backward direction never reads padding: a title's vector is batch-independent."""
         ids = self.token_ids(texts)
+        lengths = (ids != 0).sum(1)
+        packed = nn.utils.rnn.pack_padded_sequence(self.embed(ids), lengths, batch_first=True, enforce_sorted=False)
+        hidden, _ = nn.utils.rnn.pad_packed_sequence(self.lstm(packed)[0], batch_first=True,
+                                                     total_length=ids.shape[1])
         mask = (ids != 0).unsqueeze(-1).float()
-        hidden, _ = self.lstm(self.embed(ids))
         pooled = (hidden * mask).sum(1) / mask.sum(1)
         return F.normalize(self.proj(pooled), dim=-1)
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str], batch_size: int = 512) -> np.ndarray:
-        """Unit-normalised embeddings [n, dim] (float32)."""
+        """Unit-normalised embeddings [n, dim] (float32), in input order.
+
+        Batches hold titles of one token length (no padding at all), which the ONNX
+        export, an unpacked LSTM, reproduces exactly.
+        """
         self.eval()
         texts = list(texts)
-        if not texts:
-            return np.zeros((0, self.dim), np.float32)
-        return np.concatenate([self(texts[i:i + batch_size]).numpy()
-                               for i in range(0, len(texts), batch_size)]).astype(np.float32)
+        out = np.zeros((len(texts), self.dim), np.float32)
+        lengths = (self.token_ids(texts) != 0).sum(1).numpy() if texts else np.zeros(0, int)
+        for pick in length_buckets(lengths, batch_size):
+            out[pick] = self([texts[j] for j in pick]).numpy()
+        return out
 
     def save(self, path: Path | str) -> Path:
         path = Path(path)

@@ -114,6 +114,8 @@ class DevStack:
         import ray
 
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # dashboard bound to 127.0.0.1 only
+        # On a busy 2-core machine the GCS can take longer than Ray's default 30 s to bind.
+        os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")
         ray.init(include_dashboard=True, dashboard_host="127.0.0.1",
                  dashboard_port=self.settings.ray_dashboard_port, configure_logging=False,
                  log_to_driver=False, namespace="stylestream")
