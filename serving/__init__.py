@@ -1,0 +1,1 @@
+"""Ray Serve application (Generator and Retriever deployments): the next milestone; not built yet."""
