@@ -1,0 +1,135 @@
+"""Quality benchmark: the full offline evaluation with the real SmolLM2, per data set.
+
+For each data set (``synth``: ``synthesize(users=600, items=1000, seed=0)``; ``hm-sample``:
+the real H&M sample in ``../shared/data/hm-sample``) it runs :func:`models.evaluate.evaluate`
+(SASRec, both title encoders, LoRA-tuned SmolLM2-135M-Instruct generating next-item titles,
+mix-up with λ chosen on validation) and writes ``bench/results/quality_<name>.json`` plus the
+report folder ``bench/results/reports/<name>/`` (report.md, metrics.json, manifest.json,
+PNG charts). Large artefacts (LoRA run, merged model, ONNX export) go under
+``--home``/eval-work/<name>, not into bench/results. Defaults keep each data set within
+~20 minutes on 2 CPU cores; nothing is downloaded.
+
+    python bench/bench_quality.py --help
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from models.data import Dataset  # noqa: E402
+from models.evaluate import ENCODERS, EvalConfig, run_evaluation  # noqa: E402
+from models.sasrec import SASRecConfig  # noqa: E402
+
+DATASETS = ("synth", "hm-sample")
+HM_SAMPLE = ROOT.parent / "shared" / "data" / "hm-sample"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--datasets", default="synth,hm-sample",
+                   help=f"comma-separated, some of: {', '.join(DATASETS)}")
+    p.add_argument("--home", type=Path, default=ROOT / ".stylestream",
+                   help="stylestream home: SmolLM2 is materialised (once) under home/models/base")
+    p.add_argument("--base-model", type=Path, default=None,
+                   help="a local HF causal-LM folder instead of SmolLM2")
+    p.add_argument("--hm-dir", type=Path, default=HM_SAMPLE, help="the H&M sample folder")
+    p.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
+    p.add_argument("--encoders", default="minilm,lstm", help="title encoders")
+    p.add_argument("--engine", choices=("torch", "onnx"), default="onnx",
+                   help="generation engine (ONNX Runtime is ~3x faster on CPU)")
+    p.add_argument("--lora-steps", type=int, default=40)
+    p.add_argument("--lora-batch", type=int, default=4)
+    p.add_argument("--lora-max-length", type=int, default=256)
+    p.add_argument("--max-history", type=int, default=8, help="history events in a prompt")
+    p.add_argument("--max-val-events", type=int, default=48)
+    p.add_argument("--max-test-events", type=int, default=200)
+    p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--gen-batch", type=int, default=16)
+    p.add_argument("--lstm-steps", type=int, default=300)
+    p.add_argument("--minilm-steps", type=int, default=20)
+    p.add_argument("--sasrec-epochs", type=int, default=25)
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def load_dataset(name: str, args: argparse.Namespace) -> Dataset:
+    if name == "synth":
+        from models.data.synth import synthesize
+
+        return synthesize(users=600, items=1000, seed=0)
+    if name == "hm-sample":
+        from models.data.hm import import_hm_sample
+
+        return import_hm_sample(args.hm_dir).dataset
+    raise SystemExit(f"unknown data set {name!r}; expected some of {', '.join(DATASETS)}")
+
+
+def config_for(name: str, args: argparse.Namespace) -> EvalConfig:
+    encoders = tuple(e.strip() for e in args.encoders.split(",") if e.strip())
+    if any(e not in ENCODERS for e in encoders):
+        raise SystemExit(f"--encoders must be some of {', '.join(ENCODERS)}")
+    return EvalConfig(
+        base_model=args.base_model, home=args.home, work_dir=args.home / "eval-work" / name,
+        title_encoders=encoders, lstm_steps=args.lstm_steps, minilm_steps=args.minilm_steps,
+        lora_steps=args.lora_steps, lora_batch_size=args.lora_batch,
+        lora_max_length=args.lora_max_length, max_history=args.max_history,
+        max_val_events=args.max_val_events, max_test_events=args.max_test_events,
+        max_new_tokens=args.max_new_tokens, gen_batch_size=args.gen_batch, engine=args.engine,
+        seed=args.seed, sasrec=SASRecConfig(epochs=args.sasrec_epochs, seed=args.seed))
+
+
+def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    print(f"[bench] {name}: loading data", flush=True)
+    load_start = os.getloadavg()
+    t0 = time.perf_counter()
+    data = load_dataset(name, args)
+    report_dir = args.results / "reports" / name
+    result = run_evaluation(data, config_for(name, args), report_dir, progress=True)
+    out = {
+        "benchmark": "quality", "dataset": name, "wall_seconds": round(time.perf_counter() - t0, 1),
+        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "platform": platform.platform(), "torch": torch.__version__, "device": "cpu",
+                    "load_avg_start": load_start, "load_avg_end": os.getloadavg(),
+                    "note": "shared machine: other processes may compete for the cores"},
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "report_dir": str(report_dir), **result.to_json(),
+    }
+    path = args.results / f"quality_{name}.json"
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"[bench] {name}: {out['wall_seconds']:.0f} s; wrote {path}", flush=True)
+    for system, m in result.systems.items():
+        lo, hi = m["recall@10_ci"]
+        print(f"  {system:22s} R@10 {m['recall@10']:.4f} [{lo:.3f}, {hi:.3f}]  "
+              f"NDCG@10 {m['ndcg@10']:.4f}  MRR {m['mrr']:.4f}", flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    names = [n.strip() for n in args.datasets.split(",") if n.strip()]
+    unknown = [n for n in names if n not in DATASETS]
+    if unknown:
+        raise SystemExit(f"unknown data set(s) {unknown}; expected some of {', '.join(DATASETS)}")
+    args.results.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        run_one(name, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

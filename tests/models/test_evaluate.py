@@ -1,0 +1,136 @@
+"""The offline evaluation end to end on a small synthetic shop with a tiny random Llama,
+the slice logic on a hand-made frame, and the ``stylestream eval`` command's edges."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from models.data.synth import synthesize
+from models.evaluate import EvalConfig, event_slices, run_evaluation
+from models.llm.prompts import HistoryEvent, prompt_body
+from models.metrics import NextItemEvents
+from models.sasrec import SASRecConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tiny_llama(folder: Path, titles: list[str]) -> Path:
+    """A 2-layer random Llama with a byte-level BPE trained on the prompt words and titles
+    (the construction of tests/models/llm/conftest.py, with this shop's vocabulary)."""
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<pad>", "<unk>", "<s>", "</s>"],
+                                  show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    sample = [HistoryEvent("purchase", t, "tops", "navy", "cos") for t in titles[:20]]
+    backend.train_from_iterator([prompt_body(sample, "title"), prompt_body(sample, "category"),
+                                 *titles], trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>",
+                                  bos_token="<s>", eos_token="</s>")
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=2048, initializer_range=0.2,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_evaluate_end_to_end(tmp_path: Path, one_thread: None) -> None:
+    data = synthesize(users=120, items=200, seed=0)
+    base = tiny_llama(tmp_path / "llama", data.items["title"].astype(str).tolist())
+    cfg = EvalConfig(base_model=base, title_encoders=("lstm",), lstm_steps=60, lora_steps=2,
+                     lora_batch_size=2, lora_max_length=192, max_history=3, max_val_events=24,
+                     max_test_events=48, max_new_tokens=6, gen_batch_size=24,
+                     sasrec=SASRecConfig(dim=32, epochs=15, patience=3))
+    out = tmp_path / "report"
+    result = run_evaluation(data, cfg, out, progress=False)
+
+    for name in ("report.md", "metrics.json", "manifest.json", "lambda_sweep.png", "systems.png",
+                 "cold_start.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    generations = json.loads((out / "generations.json").read_text())
+    assert len(generations["test"]) == 48 and {"generated", "bought"} <= set(generations["test"][0])
+    metrics = json.loads((out / "metrics.json").read_text())
+    expected = {"popularity", "co-occurrence", "sasrec", "id-only", "title-only (lstm)",
+                "mix-up (lstm)"}
+    assert set(metrics["systems"]) == expected
+    for slice_systems in [metrics["systems"], *metrics["slices"].values()]:
+        for m in slice_systems.values():
+            for key, value in m.items():
+                if key.startswith(("recall@", "ndcg@", "mrr")) and not key.endswith("_ci"):
+                    assert 0.0 <= value <= 1.0, (key, value)
+    assert all(m["n_events"] == 48 for m in metrics["systems"].values())  # same events for all
+    choice = result.choices["lstm"]
+    assert choice["lambda"] in cfg.lambdas
+    assert choice["one_vector_search_max_abs_diff"] < 1e-4
+    assert len(result.sweep["lstm"]) == len(cfg.lambdas)
+    learned = max(result.systems["mix-up (lstm)"]["recall@10"], result.systems["sasrec"]["recall@10"])
+    assert learned > result.systems["popularity"]["recall@10"]
+    report = (out / "report.md").read_text()
+    assert "score-level blend" in report and "hold" in report
+    assert result.costs["lora_seconds_per_step"] > 0 and 0 <= result.costs["malformed_rate"] <= 1
+
+
+def test_event_slices_on_a_hand_made_frame() -> None:
+    items = pd.DataFrame({
+        "item_id": ["a", "b", "c"],
+        "first_seen": pd.to_datetime(["2025-01-01", "2025-06-01", None], utc=True),
+    })
+    events = NextItemEvents(
+        user_ids=["u1", "u2", "u3", "u4"],
+        histories=[["a", "b"], ["a"], ["c", "a"], ["b"]],
+        kinds=[["purchase", "click"], ["click"], ["click", "purchase"], ["purchase"]],
+        targets=np.array([0, 1, 2, 1]),
+        target_kinds=["purchase"] * 4,
+    )
+    masks = event_slices(items, events, pd.Timestamp("2025-05-01", tz="UTC"))
+    # b first seen after training ended -> cold; c has no first_seen -> not cold
+    assert masks["cold-start"].tolist() == [False, True, False, True]
+    # u1 bought a before -> repeat; u2 only clicked a; u3 only clicked c; u4 bought b before
+    assert masks["repeat"].tolist() == [True, False, False, True]
+    assert masks["all"].all()
+
+
+def _cli(*args: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin", "STYLESTREAM_HOME": str(tmp_path / "home"),
+           "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "stylestream.cli", *args], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=120)
+
+
+def test_eval_cli_help(tmp_path: Path) -> None:
+    done = _cli("eval", "--help", tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr
+    for option in ("--dataset", "--base-model", "--lora-steps", "--max-test-events", "--encoders",
+                   "--engine", "--out"):
+        assert option in done.stdout
+
+
+def test_eval_cli_missing_dataset(tmp_path: Path) -> None:
+    done = _cli("eval", "--dataset", "/no/such", tmp_path=tmp_path)
+    assert done.returncode == 2
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "/no/such" in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
