@@ -76,6 +76,7 @@ FULL_HISTORY = 100_000  # events keep the whole history; each model truncates as
 CHOICE_K = 10  # λ, imputation and query memory are chosen on validation Recall@10
 TIE_BREAK = 1e-3  # weight of validation MRR when Recall@10 ties between λ values
 ENCODERS = ("minilm", "lstm")
+UNINFORMATIVE = {"", "unknown", "none", "nan", "n/a"}  # LLM targets not worth teaching
 ENGINES = ("torch", "onnx")
 
 
@@ -319,6 +320,9 @@ def training_examples(dataset: Dataset, cfg: EvalConfig, tokenizer: Any) -> list
 
     examples = build_examples(dataset, "train", max_history=cfg.max_history, tokenizer=tokenizer,
                               tasks=("title", "category"))
+    # an answer that carries no information ("unknown" category of an item without article
+    # data, as in most of the H&M sample) would teach the model to say "unknown" for every task
+    examples = [ex for ex in examples if ex.target.strip().lower() not in UNINFORMATIVE]
     if not examples:
         raise ValueError("no train-period purchases to build LLM prompts from")
     wanted = max(1, cfg.lora_steps * cfg.lora_batch_size)
