@@ -13,6 +13,7 @@ within the rolling window.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,8 +49,8 @@ class UserSequence:
         if any(e.event_id == event.event_id for e in self.events):
             return False
         kind = "purchase" if isinstance(event, PurchaseEvent) else "click"
-        self.events.append(SeqEvent(event.event_id, event.item_id, kind, event.ts))
-        self.events.sort(key=lambda e: e.ts)  # the two topics interleave; keep event-time order
+        # the two topics interleave: insert in event-time order (after equal times, as a stable sort would)
+        bisect.insort_right(self.events, SeqEvent(event.event_id, event.item_id, kind, event.ts), key=lambda e: e.ts)
         del self.events[:-max_len]
         self.n_events += 1
         self.clicks_since_rec = self.clicks_since_rec + 1 if kind == "click" else self.clicks_since_rec
