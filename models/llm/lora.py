@@ -10,6 +10,12 @@ run in the same ``out_dir`` continues from the latest one with the same data ord
 end the adapter is saved, merged into the base weights (``merge_and_unload``) and exported
 as a plain checkpoint that any loader (torch, ONNX export, serving) reads without peft, and
 a ``manifest.json`` records what went in.
+
+Convergence is measured, not guessed: with ``eval_every`` the answer loss on held-out
+examples (the validation period) is taken every so many steps, and with ``patience`` the
+run stops once that loss has not improved for that many evaluations and keeps the best
+adapter weights (early stopping).  The manifest records the held-out curve, the best step
+and the training seconds it took to reach it.
 """
 
 from __future__ import annotations
@@ -47,7 +53,8 @@ TARGET_MODULE_FAMILIES = (
     ("c_attn", "c_proj"),  # GPT-2
 )
 # Settings that may change between a run and its resumption without invalidating it.
-RESUMABLE_CHANGES = {"steps", "epochs", "checkpoint_every", "keep_checkpoints", "device"}
+RESUMABLE_CHANGES = {"steps", "epochs", "checkpoint_every", "keep_checkpoints", "device",
+                     "eval_every", "patience", "min_delta", "eval_batch_size"}
 
 
 @dataclass
@@ -71,6 +78,10 @@ class LoraSettings:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     device: str = "auto"
+    eval_every: int = 0  # steps between held-out loss evaluations (0: none)
+    patience: int = 0  # stop after this many evaluations without improvement (0: never)
+    min_delta: float = 1e-3  # smaller held-out loss gains do not count as improvement
+    eval_batch_size: int = 16
 
     def total_steps(self, n_examples: int) -> int:
         """Optimizer steps this run aims for."""
@@ -97,6 +108,10 @@ class TrainResult:
     seconds_per_step: float = 0.0
     train_seconds: float = 0.0
     truncated_examples: int = 0
+    device: str = "cpu"
+    eval_curve: list[dict[str, float]] = field(default_factory=list)  # step, loss, train seconds
+    best_step: int | None = None  # held-out loss minimum (the adapter kept with early stopping)
+    converged: bool = False  # stopped by patience rather than by the step budget
 
 
 @dataclass
@@ -234,11 +249,13 @@ def _fingerprint_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 # -- the training run --------------------------------------------------------------------
 def train_lora(base_path: Path, examples: Sequence[Example], settings: LoraSettings, out_dir: Path,
                resume: bool = True, progress: bool = True, data_hash: str = "",
-               export_merged: bool = True) -> TrainResult:
+               export_merged: bool = True,
+               eval_examples: Sequence[Example] | None = None) -> TrainResult:
     """Fine-tune LoRA adapters on ``examples`` and write adapter, merged model and manifest.
 
     ``data_hash`` identifies the data version (e.g. ``Dataset.data_hash()``); it goes into
-    the manifest and guards resumption against a changed data set.
+    the manifest and guards resumption against a changed data set.  ``eval_examples`` are
+    held out (e.g. the validation period) for ``settings.eval_every`` / ``patience``.
     """
     if not examples:
         raise ValueError("no training examples")
@@ -250,11 +267,14 @@ def train_lora(base_path: Path, examples: Sequence[Example], settings: LoraSetti
     end_id = stop_token_ids(base, tokenizer)[0]
     pairs = [encode_example(tokenizer, ex, settings.max_length, end_id) for ex in examples]
     encoded = [p for p, _ in pairs]
+    held_out = [encode_example(tokenizer, ex, settings.max_length, end_id)[0]
+                for ex in eval_examples or []] if settings.eval_every else []
     model = _peft_model(base, settings)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                   lr=settings.lr, weight_decay=settings.weight_decay)
     fingerprint = _fingerprint(base_path, settings, data_hash, len(examples))
-    state = {"step": 0, "losses": [], "step_seconds": [], "fingerprint": fingerprint}
+    state = {"step": 0, "losses": [], "step_seconds": [], "fingerprint": fingerprint,
+             "evals": [], "best": None, "stopped": False, "device": device.type}
     ckpt = latest_checkpoint(out_dir) if resume else None
     if not resume:
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
@@ -262,24 +282,31 @@ def train_lora(base_path: Path, examples: Sequence[Example], settings: LoraSetti
         state = _load_checkpoint(ckpt, model, optimizer, fingerprint)
         state["fingerprint"] = fingerprint
     start_step = int(state["step"])
-    total = max(start_step, settings.total_steps(len(examples)))
+    total = start_step if state.get("stopped") else max(start_step,
+                                                        settings.total_steps(len(examples)))
     run_seconds = _run_steps(model, optimizer, encoded, settings, state, total, device,
-                             tokenizer.pad_token_id, out_dir, progress)
+                             tokenizer.pad_token_id, out_dir, progress, held_out)
     if int(state["step"]) > start_step:
         _save_checkpoint(model, optimizer, state, out_dir, settings.keep_checkpoints)
+    if state.get("best") is not None and settings.patience:
+        _restore_trainable(model, state["best"]["weights"])  # early stopping keeps the best
     return _finish(model, tokenizer, examples, settings, state, out_dir, base_path, data_hash,
                    start_step, run_seconds, sum(t for _, t in pairs), export_merged)
 
 
 def _run_steps(model: Any, optimizer: torch.optim.Optimizer, encoded: Sequence[_Encoded],
                settings: LoraSettings, state: dict[str, Any], total: int, device: torch.device,
-               pad_id: int, out_dir: Path, progress: bool) -> float:
-    """Optimizer steps from ``state['step']`` to ``total``; mutates ``state``; returns seconds."""
-    model.train()
+               pad_id: int, out_dir: Path, progress: bool,
+               held_out: Sequence[_Encoded] = ()) -> float:
+    """Optimizer steps from ``state['step']`` to ``total`` (or early stop); mutates ``state``;
+    returns seconds."""
     params = [p for p in model.parameters() if p.requires_grad]
     bar = tqdm(total=total, initial=state["step"], desc="lora", disable=not progress,
                dynamic_ncols=True)
     started = time.perf_counter()
+    if held_out and not state.get("evals") and state["step"] < total:
+        _track_held_out(model, held_out, settings, state, device, pad_id)  # the base's loss
+    model.train()
     while state["step"] < total:
         t0 = time.perf_counter()
         for group in optimizer.param_groups:
@@ -289,7 +316,13 @@ def _run_steps(model: Any, optimizer: torch.optim.Optimizer, encoded: Sequence[_
         state["losses"].append(loss)
         state["step_seconds"].append(time.perf_counter() - t0)
         bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}")
+        postfix = {"loss": f"{loss:.4f}"}
+        if held_out and state["step"] % settings.eval_every == 0:
+            state["stopped"] = _track_held_out(model, held_out, settings, state, device, pad_id)
+            postfix["held_out"] = f"{state['evals'][-1]['loss']:.4f}"
+        bar.set_postfix(postfix)
+        if state.get("stopped"):
+            break
         if settings.checkpoint_every and state["step"] % settings.checkpoint_every == 0 \
                 and state["step"] < total:
             _save_checkpoint(model, optimizer, state, out_dir, settings.keep_checkpoints)
@@ -317,6 +350,45 @@ def _one_step(model: Any, optimizer: torch.optim.Optimizer, params: list[torch.n
     return total
 
 
+# -- held-out loss and early stopping ----------------------------------------------------
+@torch.no_grad()
+def held_out_loss(model: Any, held_out: Sequence[_Encoded], batch_size: int,
+                  device: torch.device, pad_id: int) -> float:
+    """Mean answer-token cross-entropy over ``held_out`` (every answer token weighs the same)."""
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    for lo in range(0, len(held_out), batch_size):
+        inputs = {k: t.to(device) for k, t in collate(held_out[lo:lo + batch_size], pad_id).items()}
+        n = int((inputs["labels"][:, 1:] != IGNORE_INDEX).sum())
+        total += float(model(**inputs).loss) * n
+        tokens += n
+    model.train(was_training)
+    return total / max(tokens, 1)
+
+
+def _track_held_out(model: Any, held_out: Sequence[_Encoded], settings: LoraSettings,
+                    state: dict[str, Any], device: torch.device, pad_id: int) -> bool:
+    """Record the held-out loss now; keep the best weights; True once patience runs out."""
+    loss = held_out_loss(model, held_out, settings.eval_batch_size, device, pad_id)
+    state["evals"].append({"step": int(state["step"]), "loss": loss,
+                           "train_seconds": round(sum(state["step_seconds"]), 3)})
+    best = state.get("best")
+    if best is None or loss < best["loss"] - settings.min_delta:
+        state["best"] = {"step": int(state["step"]), "loss": loss,
+                         "weights": {n: p.detach().to("cpu", copy=True)
+                                     for n, p in model.named_parameters() if p.requires_grad}}
+        return False
+    since = sum(1 for e in state["evals"] if e["step"] > state["best"]["step"])
+    return bool(settings.patience) and since >= settings.patience
+
+
+def _restore_trainable(model: Any, weights: dict[str, torch.Tensor]) -> None:
+    for name, param in model.named_parameters():
+        if name in weights:
+            param.data.copy_(weights[name].to(param.device))
+
+
 def _finish(model: Any, tokenizer: Any, examples: Sequence[Example], settings: LoraSettings,
             state: dict[str, Any], out_dir: Path, base_path: Path, data_hash: str,
             start_step: int, run_seconds: float, truncated: int,
@@ -340,12 +412,40 @@ def _finish(model: Any, tokenizer: Any, examples: Sequence[Example], settings: L
     result = TrainResult(out_dir, adapter_dir, merged_dir, out_dir / MANIFEST_NAME, version,
                          int(state["step"]), start_step, losses[-1] if losses else float("nan"),
                          losses, times, sum(times) / len(times) if times else 0.0,
-                         run_seconds, truncated)
+                         run_seconds, truncated, device=str(state.get("device", "cpu")),
+                         eval_curve=[{k: float(v) for k, v in e.items()} for e in state.get("evals", [])],
+                         best_step=state["best"]["step"] if state.get("best") else None,
+                         converged=bool(state.get("stopped")))
     manifest = _manifest(result, base_path, data_hash, settings, examples, model, ran)
     if merged_dir is not None:
         (merged_dir / "stylestream_model.json").write_text(json.dumps(manifest, indent=2) + "\n")
     result.manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     return result
+
+
+def merge_adapter(base_path: Path, run_dir: Path, merged_dir: Path) -> Path:
+    """Merge the adapter of a finished run (trained anywhere, e.g. on a GPU box) into the
+    local base model and save it as a plain checkpoint; returns ``merged_dir``."""
+    from peft import PeftModel
+
+    adapter_dir = Path(run_dir) / "adapter"
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise ValueError(f"{run_dir} holds no LoRA adapter (expected {adapter_dir})")
+    base, tokenizer = load_base_model(base_path, device="cpu")
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    shutil.rmtree(merged_dir, ignore_errors=True)
+    with quiet_transformers():
+        merged.save_pretrained(merged_dir)
+        tokenizer.save_pretrained(merged_dir)
+    manifest = Path(run_dir) / MANIFEST_NAME
+    if manifest.is_file():
+        shutil.copyfile(manifest, Path(merged_dir) / "stylestream_model.json")
+    return Path(merged_dir)
+
+
+def seconds_to(step_seconds: Sequence[float], step: int | None) -> float | None:
+    """Training seconds spent up to ``step`` (held-out evaluations excluded)."""
+    return None if step is None else round(sum(step_seconds[:step]), 3)
 
 
 def model_version(base_path: Path, data_hash: str, settings: LoraSettings, n_examples: int) -> str:
@@ -382,6 +482,11 @@ def _manifest(result: TrainResult, base_path: Path, data_hash: str, settings: Lo
         "step_seconds": [round(t, 4) for t in result.step_seconds],
         "final_loss": result.final_loss,
         "loss_curve": result.losses,
+        "device": result.device,
+        "held_out_curve": result.eval_curve,
+        "best_step": result.best_step,
+        "converged": result.converged,
+        "train_seconds_to_best": seconds_to(result.step_seconds, result.best_step),
         "truncated_examples": result.truncated_examples,
         "adapter_dir": str(result.adapter_dir),
         "merged_dir": str(result.merged_dir) if result.merged_dir else None,

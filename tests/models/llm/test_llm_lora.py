@@ -119,3 +119,60 @@ def test_resume_refuses_a_checkpoint_of_another_run(tiny_llama: Path, tmp_path: 
     with pytest.raises(ValueError, match="data_hash"):
         train_lora(tiny_llama, examples, LoraSettings(**FAST, steps=2), tmp_path,
                    progress=False, data_hash="v2", export_merged=False)
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    model, _ = load_base_model(folder, device="cpu")
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_held_out_loss_is_tracked_and_the_best_adapter_is_kept(tiny_llama: Path,
+                                                                tmp_path: Path) -> None:
+    _, tok = load_base_model(tiny_llama, device="cpu")
+    examples = repeated_examples(tok)
+    settings = LoraSettings(**{**FAST, "checkpoint_every": 0}, steps=12, eval_every=3)
+    result = train_lora(tiny_llama, examples, settings, tmp_path / "run", progress=False,
+                        eval_examples=examples[:2])
+    curve = result.eval_curve
+    assert [e["step"] for e in curve] == [0, 3, 6, 9, 12]  # the base model's loss comes first
+    assert curve[-1]["loss"] < 0.7 * curve[0]["loss"]  # memorised: held-out = train prompts
+    assert not result.converged and result.best_step == min(curve, key=lambda e: e["loss"])["step"]
+    manifest = json.loads(result.manifest_path.read_text())
+    assert manifest["held_out_curve"] == curve and manifest["best_step"] == result.best_step
+    assert manifest["train_seconds_to_best"] == pytest.approx(
+        sum(result.step_seconds[:result.best_step]), abs=1e-3)
+
+
+def test_patience_stops_the_run_and_restores_the_best_weights(tiny_llama: Path,
+                                                              tmp_path: Path) -> None:
+    _, tok = load_base_model(tiny_llama, device="cpu")
+    examples = repeated_examples(tok)
+    # no later evaluation can beat step 0 by 1e9, so patience 2 stops after two evaluations
+    settings = LoraSettings(**{**FAST, "checkpoint_every": 0}, steps=50, eval_every=2, patience=2,
+                            min_delta=1e9)
+    result = train_lora(tiny_llama, examples, settings, tmp_path / "run", progress=False,
+                        eval_examples=examples[:2])
+    assert result.converged and result.steps == 4 and result.best_step == 0
+    # the kept adapter is the untrained one (LoRA's B starts at zero): merged == base
+    base, merged = _weights(tiny_llama), _weights(result.merged_dir)
+    assert all(torch.equal(base[k], merged[k]) for k in base)
+    # a stopped run stays stopped when resumed with a bigger budget
+    again = train_lora(tiny_llama, examples, LoraSettings(**{**FAST, "checkpoint_every": 0},
+                                                          steps=80, eval_every=2, patience=2,
+                                                          min_delta=1e9),
+                       tmp_path / "run", progress=False, eval_examples=examples[:2])
+    assert again.steps == 4 and again.converged
+
+
+def test_an_adapter_trained_elsewhere_merges_into_the_local_base(tiny_llama: Path,
+                                                                 tmp_path: Path) -> None:
+    _, tok = load_base_model(tiny_llama, device="cpu")
+    result = train_lora(tiny_llama, repeated_examples(tok), LoraSettings(**FAST, steps=4),
+                        tmp_path / "run", progress=False)
+    merged = lora.merge_adapter(tiny_llama, result.out_dir, tmp_path / "adopted")
+    want, got = _weights(result.merged_dir), _weights(merged)
+    assert all(torch.allclose(want[k], got[k], atol=1e-6) for k in want)
+    assert json.loads((merged / "stylestream_model.json").read_text())["model_version"] == \
+        result.model_version
+    with pytest.raises(ValueError, match="no LoRA adapter"):
+        lora.merge_adapter(tiny_llama, tmp_path, tmp_path / "nothing")
