@@ -38,7 +38,12 @@ HM_SAMPLE = ROOT.parent / "shared" / "data" / "hm-sample"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    return build_parser().parse_args(argv)
+
+
+def build_parser(description: str | None = None) -> argparse.ArgumentParser:
+    """The options of a quality run (shared with bench_convergence.py)."""
+    p = argparse.ArgumentParser(description=description or __doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--datasets", default="synth,hm-sample",
                    help=f"comma-separated, some of: {', '.join(DATASETS)}")
@@ -54,6 +59,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lora-steps", type=int, default=40)
     p.add_argument("--lora-batch", type=int, default=4)
     p.add_argument("--lora-max-length", type=int, default=256)
+    p.add_argument("--lora-lr", type=float, default=5e-4)
+    p.add_argument("--lora-eval-every", type=int, default=0,
+                   help="validation-period loss every N LoRA steps (0: none)")
+    p.add_argument("--lora-patience", type=int, default=0,
+                   help="stop LoRA after N evaluations without improvement (0: never)")
+    p.add_argument("--lora-device", default="auto", help="LoRA training device")
+    p.add_argument("--lora-runs", type=Path, default=None,
+                   help="folder with a finished LoRA run per data set (<folder>/<name>/: adapter/ "
+                        "+ manifest.json, e.g. from bench_convergence.py on a GPU) to use "
+                        "instead of training here")
     p.add_argument("--max-history", type=int, default=8, help="history events in a prompt")
     p.add_argument("--max-val-events", type=int, default=48)
     p.add_argument("--max-test-events", type=int, default=200)
@@ -63,7 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--minilm-steps", type=int, default=20)
     p.add_argument("--sasrec-epochs", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    return p
 
 
 def load_dataset(name: str, args: argparse.Namespace) -> Dataset:
@@ -86,7 +101,10 @@ def config_for(name: str, args: argparse.Namespace) -> EvalConfig:
         base_model=args.base_model, home=args.home, work_dir=args.home / "eval-work" / name,
         title_encoders=encoders, lstm_steps=args.lstm_steps, minilm_steps=args.minilm_steps,
         lora_steps=args.lora_steps, lora_batch_size=args.lora_batch,
-        lora_max_length=args.lora_max_length, max_history=args.max_history,
+        lora_max_length=args.lora_max_length, lora_lr=args.lora_lr,
+        lora_eval_every=args.lora_eval_every, lora_patience=args.lora_patience,
+        lora_device=args.lora_device,
+        lora_run=args.lora_runs / name if args.lora_runs else None, max_history=args.max_history,
         max_val_events=args.max_val_events, max_test_events=args.max_test_events,
         max_new_tokens=args.max_new_tokens, gen_batch_size=args.gen_batch, engine=args.engine,
         seed=args.seed, sasrec=SASRecConfig(epochs=args.sasrec_epochs, seed=args.seed))

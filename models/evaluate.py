@@ -98,6 +98,10 @@ class EvalConfig:
     lora_max_length: int = 256
     lora_rank: int = 16
     lora_lr: float = 5e-4
+    lora_eval_every: int = 0  # held-out (validation-period) loss every N steps; 0: none
+    lora_patience: int = 0  # early stop after N evaluations without improvement; 0: never
+    lora_device: str = "auto"  # LoRA training device ("auto": the GPU when there is one)
+    lora_run: Path | None = None  # a finished LoRA run (adapter + manifest) to use instead
     max_history: int = 10  # history events shown in an LLM prompt (newest kept)
     max_val_events: int = 64
     max_test_events: int = 256
@@ -266,26 +270,82 @@ def base_model_path(cfg: EvalConfig) -> Path:
     return materialise_smollm2(default_base_model_path(cfg.home))
 
 
-def generate_texts(dataset: Dataset, events: dict[str, NextItemEvents], cfg: EvalConfig,
-                   work: Path, progress: bool, costs: dict[str, Any]) -> dict[str, Any]:
-    """LoRA-tune the base model on train-period prompts, then generate for every event."""
-    from models.llm.lora import LoraSettings, train_lora
+def lora_settings(cfg: EvalConfig) -> Any:
+    """The LoRA hyper-parameters of an evaluation (also what a reused run must have used)."""
+    from models.llm.lora import LoraSettings
+
+    return LoraSettings(rank=cfg.lora_rank, alpha=2 * cfg.lora_rank, lr=cfg.lora_lr,
+                        steps=cfg.lora_steps, batch_size=cfg.lora_batch_size,
+                        max_length=cfg.lora_max_length, seed=cfg.seed, checkpoint_every=0,
+                        keep_checkpoints=1, device=cfg.lora_device,
+                        eval_every=cfg.lora_eval_every, patience=cfg.lora_patience)
+
+
+def tune_llm(dataset: Dataset, cfg: EvalConfig, work: Path, progress: bool,
+             costs: dict[str, Any]) -> dict[str, Any]:
+    """LoRA-tune the base model on train-period prompts (title + category tasks), with the
+    validation period held out for early stopping; or adopt ``cfg.lora_run``.
+
+    Returns the run's manifest plus ``merged_dir``; training costs go into ``costs``.
+    """
+    from models.llm.lora import train_lora
 
     base = base_model_path(cfg)
+    if cfg.lora_run is not None:
+        return adopt_lora_run(dataset, cfg, base, work, costs)
     tokenizer = _tokenizer(base)
     examples = training_examples(dataset, cfg, tokenizer)
-    settings = LoraSettings(rank=cfg.lora_rank, alpha=2 * cfg.lora_rank, lr=cfg.lora_lr,
-                            steps=cfg.lora_steps, batch_size=cfg.lora_batch_size,
-                            max_length=cfg.lora_max_length, seed=cfg.seed, checkpoint_every=0,
-                            keep_checkpoints=1)
-    log.info("LoRA-tuning %s: %d steps × %d on %d prompts (title + category tasks)", base.name,
-             cfg.lora_steps, cfg.lora_batch_size, len(examples))
-    tuned = train_lora(base, examples, settings, work / "lora", resume=False, progress=progress,
-                       data_hash=dataset.data_hash())
-    costs.update(lora_steps=tuned.steps, lora_seconds_per_step=round(tuned.seconds_per_step, 3),
-                 lora_train_seconds=round(tuned.train_seconds, 1), lora_examples=len(examples),
-                 lora_final_loss=tuned.final_loss)
-    generator, engine = make_generator(tuned.merged_dir, cfg.engine, work, costs)
+    held_out = validation_examples(dataset, cfg, tokenizer) if cfg.lora_eval_every else []
+    log.info("LoRA-tuning %s: up to %d steps × %d on %d prompts (title + category tasks)%s",
+             base.name, cfg.lora_steps, cfg.lora_batch_size, len(examples),
+             f", early stopping on {len(held_out)} validation prompts" if held_out else "")
+    tuned = train_lora(base, examples, lora_settings(cfg), work / "lora", resume=False,
+                       progress=progress, data_hash=dataset.data_hash(), eval_examples=held_out)
+    manifest = json.loads(tuned.manifest_path.read_text())
+    _lora_costs(manifest, costs)
+    return {**manifest, "merged_dir": str(tuned.merged_dir), "base": str(base)}
+
+
+def adopt_lora_run(dataset: Dataset, cfg: EvalConfig, base: Path, work: Path,
+                   costs: dict[str, Any]) -> dict[str, Any]:
+    """Use a LoRA run trained elsewhere (say on a GPU box with ``bench/bench_convergence.py``):
+    refuse it unless it was trained on this data set, then merge it into the local base."""
+    from models.llm.lora import MANIFEST_NAME, merge_adapter
+
+    run = Path(cfg.lora_run)
+    path = run / MANIFEST_NAME
+    if not path.is_file():
+        raise ValueError(f"--lora-run {run}: no {MANIFEST_NAME} (not a finished LoRA run)")
+    manifest = json.loads(path.read_text())
+    if manifest.get("data_hash") != dataset.data_hash():
+        raise ValueError(f"--lora-run {run} was trained on data {manifest.get('data_hash')}, "
+                         f"not on this data set ({dataset.data_hash()})")
+    log.info("using the LoRA run in %s (%s, %s steps on %s)", run, manifest["model_version"],
+             manifest["steps"], manifest.get("device", "?"))
+    merged = merge_adapter(base, run, work / "lora-adopted" / "merged")
+    _lora_costs(manifest, costs)
+    costs["lora_run_adopted"] = str(run)
+    return {**manifest, "merged_dir": str(merged), "base": str(base)}
+
+
+def _lora_costs(manifest: dict[str, Any], costs: dict[str, Any]) -> None:
+    steps = manifest["steps"]
+    costs.update(lora_device=manifest.get("device", "cpu"), lora_steps=steps,
+                 lora_seconds_per_step=manifest["seconds_per_step"],
+                 lora_train_seconds=round(sum(manifest.get("step_seconds", [])), 1),
+                 lora_examples=manifest["n_examples"], lora_final_loss=manifest["final_loss"],
+                 lora_best_step=manifest.get("best_step"),
+                 lora_converged=manifest.get("converged", False),
+                 lora_seconds_to_best=manifest.get("train_seconds_to_best"),
+                 lora_held_out_curve=manifest.get("held_out_curve", []),
+                 lora_loss_curve=[round(float(x), 4) for x in manifest.get("loss_curve", [])])
+
+
+def generate_texts(dataset: Dataset, events: dict[str, NextItemEvents], cfg: EvalConfig,
+                   work: Path, progress: bool, costs: dict[str, Any]) -> dict[str, Any]:
+    """Tune the LLM (or adopt a tuned one), then generate an answer for every event."""
+    tuned = tune_llm(dataset, cfg, work, progress, costs)
+    generator, engine = make_generator(Path(tuned["merged_dir"]), cfg.engine, work, costs)
     catalog = _catalog(dataset.items)
     texts: dict[str, list[str]] = {}
     totals = {"tokens": 0, "seconds": 0.0, "malformed": 0, "n": 0}
@@ -301,8 +361,8 @@ def generate_texts(dataset: Dataset, events: dict[str, NextItemEvents], cfg: Eva
     log.info("generated %d answers with %s: %.1f tokens/s, %.1f%% malformed", totals["n"], engine,
              costs["generation_tokens_per_s"], 100 * costs["malformed_rate"])
     return {"texts": texts, "prompts_example": prompts[0] if prompts else "",
-            "model_version": tuned.model_version, "base": str(base),
-            "merged_dir": str(tuned.merged_dir)}
+            "model_version": tuned["model_version"], "base": tuned["base"],
+            "merged_dir": tuned["merged_dir"]}
 
 
 def _tokenizer(base: Path) -> Any:
@@ -328,6 +388,21 @@ def training_examples(dataset: Dataset, cfg: EvalConfig, tokenizer: Any) -> list
     wanted = max(1, cfg.lora_steps * cfg.lora_batch_size)
     if len(examples) > wanted:
         keep = np.sort(np.random.default_rng(cfg.seed).choice(len(examples), wanted, replace=False))
+        examples = [examples[i] for i in keep]
+    return examples
+
+
+def validation_examples(dataset: Dataset, cfg: EvalConfig, tokenizer: Any,
+                        limit: int = 256) -> list[Any]:
+    """Held-out title prompts from the validation period (early stopping; test untouched)."""
+    from models.llm.prompts import build_examples
+
+    examples = [ex for ex in build_examples(dataset, "val", max_history=cfg.max_history,
+                                            tokenizer=tokenizer, tasks=("title",))
+                if ex.target.strip().lower() not in UNINFORMATIVE]
+    if len(examples) > limit:
+        keep = np.sort(np.random.default_rng(cfg.seed + 1).choice(len(examples), limit,
+                                                                  replace=False))
         examples = [examples[i] for i in keep]
     return examples
 
@@ -661,7 +736,7 @@ def _json_default(obj: Any) -> Any:
 
 
 def write_report(result: EvalResult, out_dir: Path | str) -> Path:
-    """report.md, metrics.json, manifest.json and three PNG charts in ``out_dir``."""
+    """report.md, metrics.json, manifest.json and the PNG charts in ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data = result.to_json()
@@ -672,6 +747,8 @@ def write_report(result: EvalResult, out_dir: Path | str) -> Path:
     plot_lambda_sweep(result, out_dir / "lambda_sweep.png")
     plot_systems(result, out_dir / "systems.png")
     plot_slices(result, out_dir / "cold_start.png")
+    if result.costs.get("lora_loss_curve"):
+        plot_lora(result, out_dir / "lora_convergence.png")
     (out_dir / "report.md").write_text(report_markdown(result))
     log.info("report written to %s", out_dir)
     return out_dir
@@ -768,8 +845,10 @@ def report_markdown(result: EvalResult) -> str:
         ci = " (its 95% CI lies above SASRec's point estimate)" if v["ci_clear_of_sasrec"] else \
             " (its 95% CI overlaps SASRec's point estimate)"
         lines.append(f"- {enc}: {verdict}: mix-up R@10 {v['recall@10']:.4f} {detail}{ci}.")
-    lines += ["", "## Costs (this machine)", ""]
-    lines += _table(["cost", "value"], [[k, v] for k, v in result.costs.items()])
+    lines += ["", "## Costs", ""]
+    lines += _table(["cost", "value"], [[k, v] for k, v in result.costs.items()
+                                        if not isinstance(v, list)])
+    lines += _lora_section(result.costs)
     lines += ["## Sample generations (test)", ""]
     lines += _table(["last history item", "generated", "bought"],
                     [[s["last_item"], s["generated"].replace("|", "/"), s["bought"]]
@@ -777,6 +856,22 @@ def report_markdown(result: EvalResult) -> str:
     lines += ["## Hyper-parameters", "", "```json", json.dumps(c, indent=1), "```", "",
               "## Versions", "", "```json", json.dumps(result.versions, indent=1), "```", ""]
     return "\n".join(lines)
+
+
+def _lora_section(costs: dict[str, Any]) -> list[str]:
+    if not costs.get("lora_loss_curve"):
+        return []
+    best, seconds = costs.get("lora_best_step"), costs.get("lora_seconds_to_best")
+    how = ("stopped early: the validation-period answer loss stopped improving"
+           if costs.get("lora_converged") else "ran its whole step budget")
+    lines = ["## LLM fine-tuning", "",
+             f"LoRA on {costs.get('lora_device', 'cpu')}: {costs['lora_steps']} steps, "
+             f"{costs['lora_seconds_per_step']} s/step; {how}."]
+    if best is not None:
+        lines.append(f"Best held-out loss at step {best}, after {seconds} s of training; "
+                     "the adapter kept is the one from that step." if costs.get("lora_converged")
+                     else f"Best held-out loss at step {best} (after {seconds} s of training).")
+    return lines + ["", "![lora](lora_convergence.png)", ""]
 
 
 # -- charts --------------------------------------------------------------------------------------------
@@ -795,6 +890,25 @@ def _save(fig: Any, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     _pyplot().close(fig)
+
+
+def plot_lora(result: EvalResult, path: Path) -> None:
+    """Training loss (per step, smoothed) and validation-period loss against steps."""
+    plt = _pyplot()
+    train = np.asarray(result.costs["lora_loss_curve"], float)
+    window = max(1, len(train) // 50)
+    smooth = np.convolve(train, np.ones(window) / window, mode="valid")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(np.arange(len(smooth)) + window, smooth, label=f"train (mean of {window} steps)")
+    curve = result.costs.get("lora_held_out_curve") or []
+    if curve:
+        ax.plot([e["step"] for e in curve], [e["loss"] for e in curve], marker="o",
+                label="validation period (held out)")
+    if result.costs.get("lora_best_step") is not None:
+        ax.axvline(result.costs["lora_best_step"], ls=":", color="grey", label="best step")
+    ax.set(xlabel="optimizer step", ylabel="answer-token loss", title="LoRA fine-tuning")
+    ax.legend()
+    _save(fig, path)
 
 
 def plot_lambda_sweep(result: EvalResult, path: Path) -> None:

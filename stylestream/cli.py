@@ -237,7 +237,13 @@ def eval_cmd(
         help="data set folder (default: STYLESTREAM_DATASET; the synthetic one is generated if absent)")] = None,
     base_model: Annotated[Path | None, typer.Option(
         help="local HF causal-LM folder to LoRA-tune (default: SmolLM2, materialised under home)")] = None,
-    lora_steps: Annotated[int, typer.Option(min=0, help="LoRA optimizer steps")] = 60,
+    lora_steps: Annotated[int, typer.Option(min=0, help="LoRA optimizer steps (the most, with --lora-patience)")] = 60,
+    lora_eval_every: Annotated[int, typer.Option(
+        min=0, help="take the validation-period answer loss every N LoRA steps (0: never)")] = 0,
+    lora_patience: Annotated[int, typer.Option(
+        min=0, help="stop LoRA after N evaluations without improvement, keeping the best adapter")] = 0,
+    lora_run: Annotated[Path | None, typer.Option(
+        help="a finished LoRA run (adapter/ + manifest.json, e.g. trained on a GPU box) to use instead")] = None,
     max_test_events: Annotated[int, typer.Option(min=1, help="test purchases scored (seeded sample)")] = 256,
     max_val_events: Annotated[int, typer.Option(min=1, help="validation purchases that choose λ")] = 64,
     encoders: Annotated[str, typer.Option(help="title encoders, comma-separated: minilm,lstm")] = "minilm,lstm",
@@ -259,6 +265,10 @@ def eval_cmd(
         raise ConfigError(f"--engine must be torch or onnx, not {engine!r}")
     if base_model is not None and not (base_model / "config.json").is_file():
         raise FileNotFoundError(f"--base-model {base_model} is not a model folder (no config.json)")
+    if lora_run is not None and not (lora_run / "manifest.json").is_file():
+        raise FileNotFoundError(f"--lora-run {lora_run} is not a finished LoRA run (no manifest.json)")
+    if lora_patience and not lora_eval_every:
+        raise ConfigError("--lora-patience needs --lora-eval-every")
     if dataset is None and not (s.dataset_dir / "manifest.json").exists():
         from stylestream.demo import ensure_dataset
 
@@ -267,6 +277,7 @@ def eval_cmd(
         data = Dataset.load(dataset or s.dataset_dir)
     folder = out or s.home / "reports" / f"{data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     config = EvalConfig(base_model=base_model, home=s.home, title_encoders=names, lora_steps=lora_steps,
+                        lora_eval_every=lora_eval_every, lora_patience=lora_patience, lora_run=lora_run,
                         max_test_events=max_test_events, max_val_events=max_val_events, engine=engine,
                         seed=seed)
     result = run_evaluation(data, config, folder)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from models.data.synth import synthesize
-from models.evaluate import EvalConfig, event_slices, run_evaluation
+from models.evaluate import EvalConfig, event_slices, run_evaluation, tune_llm
 from models.llm.prompts import HistoryEvent, prompt_body
 from models.metrics import NextItemEvents
 from models.sasrec import SASRecConfig
@@ -61,14 +62,14 @@ def test_evaluate_end_to_end(tmp_path: Path, one_thread: None) -> None:
     data = synthesize(users=120, items=200, seed=0)
     base = tiny_llama(tmp_path / "llama", data.items["title"].astype(str).tolist())
     cfg = EvalConfig(base_model=base, title_encoders=("lstm",), lstm_steps=60, lora_steps=2,
-                     lora_batch_size=2, lora_max_length=192, max_history=3, max_val_events=24,
+                     lora_batch_size=2, lora_eval_every=1, lora_max_length=192, max_history=3, max_val_events=24,
                      max_test_events=48, max_new_tokens=6, gen_batch_size=24,
                      sasrec=SASRecConfig(dim=32, epochs=15, patience=3))
     out = tmp_path / "report"
     result = run_evaluation(data, cfg, out, progress=False)
 
     for name in ("report.md", "metrics.json", "manifest.json", "lambda_sweep.png", "systems.png",
-                 "cold_start.png"):
+                 "cold_start.png", "lora_convergence.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     generations = json.loads((out / "generations.json").read_text())
     assert len(generations["test"]) == 48 and {"generated", "bought"} <= set(generations["test"][0])
@@ -91,6 +92,17 @@ def test_evaluate_end_to_end(tmp_path: Path, one_thread: None) -> None:
     report = (out / "report.md").read_text()
     assert "score-level blend" in report and "hold" in report
     assert result.costs["lora_seconds_per_step"] > 0 and 0 <= result.costs["malformed_rate"] <= 1
+    assert [e["step"] for e in result.costs["lora_held_out_curve"]] == [0, 1, 2]
+
+    # the LoRA run is reusable elsewhere (e.g. trained on a GPU box), but only on its data set
+    run = out / "work" / "lora"
+    adopted = replace(cfg, lora_run=run)
+    costs: dict = {}
+    tuned = tune_llm(data, adopted, tmp_path / "elsewhere", progress=False, costs=costs)
+    assert tuned["model_version"] == result.versions["llm"] and costs["lora_run_adopted"] == str(run)
+    assert (Path(tuned["merged_dir"]) / "config.json").is_file()
+    with pytest.raises(ValueError, match="not on this data set"):
+        tune_llm(synthesize(users=100, items=200, seed=1), adopted, tmp_path / "x", False, {})
 
 
 def test_event_slices_on_a_hand_made_frame() -> None:
