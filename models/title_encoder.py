@@ -208,9 +208,12 @@ class LSTMTitleEncoder(nn.Module):
         packed = nn.utils.rnn.pack_padded_sequence(self.embed(ids), lengths, batch_first=True, enforce_sorted=False)
         hidden, _ = nn.utils.rnn.pad_packed_sequence(self.lstm(packed)[0], batch_first=True,
                                                      total_length=ids.shape[1])
-        mask = (ids != 0).unsqueeze(-1).float()
-        pooled = (hidden * mask).sum(1) / mask.sum(1)
-        return F.normalize(self.proj(pooled), dim=-1)
+        return self.pool(hidden, ids != 0)
+
+    def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Masked mean over tokens -> projection -> unit length (the ONNX graph shares it)."""
+        mask = mask.unsqueeze(-1).float()
+        return F.normalize(self.proj((hidden * mask).sum(1) / mask.sum(1)), dim=-1)
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str], batch_size: int = 512) -> np.ndarray:

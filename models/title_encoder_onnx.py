@@ -69,13 +69,12 @@ class _LSTMGraph(nn.Module):
 
     def __init__(self, encoder: LSTMTitleEncoder) -> None:
         super().__init__()
-        self.embed, self.lstm, self.proj = encoder.embed, encoder.lstm, encoder.proj
+        self.encoder = encoder
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        mask = attention_mask.unsqueeze(-1).float()
-        hidden, _ = self.lstm(self.embed(input_ids))
-        pooled = (hidden * mask).sum(1) / mask.sum(1)
-        return F.normalize(self.proj(pooled), dim=-1)
+        # unpacked (ONNX has no packed sequences): exact for batches of one title length
+        hidden, _ = self.encoder.lstm(self.encoder.embed(input_ids))
+        return self.encoder.pool(hidden, attention_mask)
 
 
 class _MiniLMGraph(nn.Module):
