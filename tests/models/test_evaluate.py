@@ -135,9 +135,15 @@ def _cli(*args: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
 def test_eval_cli_help(tmp_path: Path) -> None:
     done = _cli("eval", "--help", tmp_path=tmp_path)
     assert done.returncode == 0, done.stderr
-    for option in ("--dataset", "--base-model", "--lora-steps", "--max-test-events", "--encoders",
-                   "--engine", "--out"):
+    for option in ("--dataset", "--base-model", "--lora-steps", "--lora-patience", "--lora-run",
+                   "--max-test-events", "--encoders", "--engine", "--out"):
         assert option in done.stdout
+
+
+def test_eval_cli_rejects_a_folder_that_is_no_lora_run(tmp_path: Path) -> None:
+    done = _cli("eval", "--lora-run", str(tmp_path), tmp_path=tmp_path)
+    assert done.returncode == 2 and "not a finished LoRA run" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_eval_cli_missing_dataset(tmp_path: Path) -> None:
