@@ -15,7 +15,6 @@ anywhere.  The data set must be the same (its hash is checked).
 from __future__ import annotations
 
 import json
-import logging
 import os
 import platform
 import sys
@@ -28,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-from bench_quality import DATASETS, build_parser, config_for, load_dataset  # noqa: E402
+from bench_quality import build_parser, config_for, load_dataset, start  # noqa: E402
 
 from models.evaluate import tune_llm  # noqa: E402
 from models.llm.base_model import resolve_device  # noqa: E402
@@ -72,13 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="write <pack>/<name>-lora.tar.gz (adapter + manifest) per data set")
     parser.set_defaults(**DEFAULTS)
     args = parser.parse_args(argv)
-    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    names = [n.strip() for n in args.datasets.split(",") if n.strip()]
-    unknown = [n for n in names if n not in DATASETS]
-    if unknown:
-        raise SystemExit(f"unknown data set(s) {unknown}; expected some of {', '.join(DATASETS)}")
-    args.results.mkdir(parents=True, exist_ok=True)
-    for name in names:
+    for name in start(args):
         run_one(name, args, args.pack)
     return 0
 

@@ -136,15 +136,20 @@ def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def start(args: argparse.Namespace) -> list[str]:
+    """Logging on, results folder made; the data set names asked for (unknown ones: exit)."""
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
     unknown = [n for n in names if n not in DATASETS]
     if unknown:
         raise SystemExit(f"unknown data set(s) {unknown}; expected some of {', '.join(DATASETS)}")
     args.results.mkdir(parents=True, exist_ok=True)
-    for name in names:
+    return names
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    for name in start(args):
         run_one(name, args)
     return 0
 
