@@ -372,7 +372,7 @@ def _track_held_out(model: Any, held_out: Sequence[_Encoded], settings: LoraSett
     """Record the held-out loss now; keep the best weights; True once patience runs out."""
     loss = held_out_loss(model, held_out, settings.eval_batch_size, device, pad_id)
     state.setdefault("evals", []).append({"step": int(state["step"]), "loss": loss,
-                           "train_seconds": round(sum(state["step_seconds"]), 3)})
+                                          "train_seconds": round(sum(state["step_seconds"]), 3)})
     best = state.get("best")
     if best is None or loss < best["loss"] - settings.min_delta:
         state["best"] = {"step": int(state["step"]), "loss": loss,
