@@ -122,6 +122,14 @@ class EvalConfig:
                              f"{', '.join(self.title_encoders) or 'none'}")
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be torch or onnx, not {self.engine!r}")
+        if self.lora_patience and not self.lora_eval_every:
+            raise ValueError("LoRA patience needs held-out evaluations (lora_eval_every > 0)")
+        if self.lora_run is not None:
+            from models.llm.lora import MANIFEST_NAME
+
+            if not (Path(self.lora_run) / MANIFEST_NAME).is_file():
+                raise ValueError(f"LoRA run {self.lora_run} is not a finished LoRA run "
+                                 f"(no {MANIFEST_NAME})")
         if CHOICE_K not in self.ks:
             self.ks = tuple(sorted({*self.ks, CHOICE_K}))
 
@@ -312,13 +320,10 @@ def adopt_lora_run(dataset: Dataset, cfg: EvalConfig, base: Path, work: Path,
     refuse it unless it was trained on this data set, then merge it into the local base."""
     from models.llm.lora import MANIFEST_NAME, merge_adapter
 
-    run = Path(cfg.lora_run)
-    path = run / MANIFEST_NAME
-    if not path.is_file():
-        raise ValueError(f"--lora-run {run}: no {MANIFEST_NAME} (not a finished LoRA run)")
-    manifest = json.loads(path.read_text())
+    run = Path(cfg.lora_run)  # EvalConfig made sure it holds a manifest
+    manifest = json.loads((run / MANIFEST_NAME).read_text())
     if manifest.get("data_hash") != dataset.data_hash():
-        raise ValueError(f"--lora-run {run} was trained on data {manifest.get('data_hash')}, "
+        raise ValueError(f"LoRA run {run} was trained on data {manifest.get('data_hash')}, "
                          f"not on this data set ({dataset.data_hash()})")
     log.info("using the LoRA run in %s (%s, %s steps on %s)", run, manifest["model_version"],
              manifest["steps"], manifest.get("device", "?"))

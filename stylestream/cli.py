@@ -254,21 +254,19 @@ def eval_cmd(
 ) -> None:
     """Offline evaluation: popularity, co-occurrence, SASRec, ID-only, title-only and mix-up, same events."""
     from models.data import Dataset
-    from models.evaluate import ENCODERS, EvalConfig, run_evaluation
+    from models.evaluate import EvalConfig, run_evaluation
 
     s = settings()
-    names = tuple(e.strip() for e in encoders.split(",") if e.strip())
-    bad = [e for e in names if e not in ENCODERS]
-    if bad or not names:
-        raise ConfigError(f"--encoders must list some of {', '.join(ENCODERS)}, not {encoders!r}")
-    if engine not in ("torch", "onnx"):
-        raise ConfigError(f"--engine must be torch or onnx, not {engine!r}")
     if base_model is not None and not (base_model / "config.json").is_file():
         raise FileNotFoundError(f"--base-model {base_model} is not a model folder (no config.json)")
-    if lora_run is not None and not (lora_run / "manifest.json").is_file():
-        raise FileNotFoundError(f"--lora-run {lora_run} is not a finished LoRA run (no manifest.json)")
-    if lora_patience and not lora_eval_every:
-        raise ConfigError("--lora-patience needs --lora-eval-every")
+    names = tuple(e.strip() for e in encoders.split(",") if e.strip())
+    try:  # EvalConfig checks its own fields; say what is wrong before any data is loaded
+        config = EvalConfig(base_model=base_model, home=s.home, title_encoders=names, lora_steps=lora_steps,
+                            lora_eval_every=lora_eval_every, lora_patience=lora_patience, lora_run=lora_run,
+                            max_test_events=max_test_events, max_val_events=max_val_events, engine=engine,
+                            seed=seed)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if dataset is None and not (s.dataset_dir / "manifest.json").exists():
         from stylestream.demo import ensure_dataset
 
@@ -276,10 +274,6 @@ def eval_cmd(
     else:
         data = Dataset.load(dataset or s.dataset_dir)
     folder = out or s.home / "reports" / f"{data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    config = EvalConfig(base_model=base_model, home=s.home, title_encoders=names, lora_steps=lora_steps,
-                        lora_eval_every=lora_eval_every, lora_patience=lora_patience, lora_run=lora_run,
-                        max_test_events=max_test_events, max_val_events=max_val_events, engine=engine,
-                        seed=seed)
     result = run_evaluation(data, config, folder)
     table = Table(title=f"{data.name}: {result.dataset['n_test_events']} test purchases, whole catalog")
     for col in ("system", "Recall@10", "95% CI", "NDCG@10", "MRR"):
