@@ -334,8 +334,7 @@ def adopt_lora_run(dataset: Dataset, cfg: EvalConfig, base: Path, work: Path,
 
 
 def _lora_costs(manifest: dict[str, Any], costs: dict[str, Any]) -> None:
-    steps = manifest["steps"]
-    costs.update(lora_device=manifest.get("device", "cpu"), lora_steps=steps,
+    costs.update(lora_device=manifest.get("device", "cpu"), lora_steps=manifest["steps"],
                  lora_seconds_per_step=manifest["seconds_per_step"],
                  lora_train_seconds=round(sum(manifest.get("step_seconds", [])), 1),
                  lora_examples=manifest["n_examples"], lora_final_loss=manifest["final_loss"],

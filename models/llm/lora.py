@@ -400,12 +400,7 @@ def _finish(model: Any, tokenizer: Any, examples: Sequence[Example], settings: L
     version = model_version(base_path, data_hash, settings, len(examples))
     merged_dir = None
     if export_merged:
-        merged_dir = out_dir / "merged"
-        shutil.rmtree(merged_dir, ignore_errors=True)
-        merged = model.merge_and_unload()
-        with quiet_transformers():
-            merged.save_pretrained(merged_dir)
-            tokenizer.save_pretrained(merged_dir)
+        merged_dir = save_merged(model, tokenizer, out_dir / "merged")
     losses = [float(x) for x in state["losses"]]
     times = [float(x) for x in state["step_seconds"]]
     ran = int(state["step"]) - start_step
@@ -423,6 +418,17 @@ def _finish(model: Any, tokenizer: Any, examples: Sequence[Example], settings: L
     return result
 
 
+def save_merged(peft_model: Any, tokenizer: Any, merged_dir: Path) -> Path:
+    """Fold the adapter into the base weights and save a plain checkpoint (replacing any)."""
+    merged_dir = Path(merged_dir)
+    shutil.rmtree(merged_dir, ignore_errors=True)
+    merged = peft_model.merge_and_unload()
+    with quiet_transformers():
+        merged.save_pretrained(merged_dir)
+        tokenizer.save_pretrained(merged_dir)
+    return merged_dir
+
+
 def merge_adapter(base_path: Path, run_dir: Path, merged_dir: Path) -> Path:
     """Merge the adapter of a finished run (trained anywhere, e.g. on a GPU box) into the
     local base model and save it as a plain checkpoint; returns ``merged_dir``."""
@@ -432,11 +438,7 @@ def merge_adapter(base_path: Path, run_dir: Path, merged_dir: Path) -> Path:
     if not (adapter_dir / "adapter_config.json").is_file():
         raise ValueError(f"{run_dir} holds no LoRA adapter (expected {adapter_dir})")
     base, tokenizer = load_base_model(base_path, device="cpu")
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    shutil.rmtree(merged_dir, ignore_errors=True)
-    with quiet_transformers():
-        merged.save_pretrained(merged_dir)
-        tokenizer.save_pretrained(merged_dir)
+    save_merged(PeftModel.from_pretrained(base, str(adapter_dir)), tokenizer, merged_dir)
     manifest = Path(run_dir) / MANIFEST_NAME
     if manifest.is_file():
         shutil.copyfile(manifest, Path(merged_dir) / "stylestream_model.json")
