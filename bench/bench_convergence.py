@@ -15,8 +15,6 @@ anywhere.  The data set must be the same (its hash is checked).
 from __future__ import annotations
 
 import json
-import os
-import platform
 import sys
 import tarfile
 import time
@@ -26,8 +24,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
 from bench_quality import build_parser, config_for, load_dataset, start  # noqa: E402
+from machine import machine_info  # noqa: E402
 
 from models.evaluate import tune_llm  # noqa: E402
 from models.llm.base_model import resolve_device  # noqa: E402
@@ -45,9 +43,7 @@ def run_one(name: str, args: Any, pack: Path | None) -> dict[str, Any]:
     tuned = tune_llm(data, cfg, work, progress=True, costs=costs)
     out = {"benchmark": "lora_convergence", "dataset": name, "data_hash": data.data_hash(),
            "wall_seconds": round(time.perf_counter() - t0, 1),
-           "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                       "torch": torch.__version__, "device": device.type,
-                       "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
+           "machine": machine_info(device),
            "model_version": tuned["model_version"], "hyper_parameters": tuned["hyper_parameters"],
            **costs}
     path = args.results / f"lora_convergence_{name}_{device.type}.json"

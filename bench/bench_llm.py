@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -27,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from machine import machine_info  # noqa: E402
 
 from models.data.synth import synthesize  # noqa: E402
 from models.llm.base_model import (  # noqa: E402
@@ -115,15 +115,6 @@ def natural_answers(gen: Any, prompts: list[str]) -> dict[str, Any]:
     return {"n": len(prompts), "malformed": result.n_malformed, "texts": result.texts[:4]}
 
 
-def machine_info(device: torch.device) -> dict[str, Any]:
-    info: dict[str, Any] = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                            "platform": platform.platform(), "torch": torch.__version__,
-                            "device": device.type, "load_avg_start": os.getloadavg()}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
 def bench_lora(base: Path, train: list[Any], args: argparse.Namespace, device: torch.device,
                work: Path, data_hash: str) -> tuple[dict[str, Any], Path]:
     """Timed LoRA steps at each batch size; the last run's merged model is benchmarked next."""
@@ -200,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def print_table(r: dict[str, Any]) -> None:
-    where = r["machine"].get("gpu", "cpu")
+    where = r["machine"].get("gpu") or "cpu"
     for lora in r["lora"].values():
         print(f"LoRA on {Path(r['base_model']).name} ({where}): batch {lora['batch_size']}, "
               f"max_length {lora['max_length']}: {lora['seconds_per_step_median']:.3f} s/step "

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -27,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from machine import machine_info  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 
 from models.llm.base_model import resolve_device  # noqa: E402
@@ -107,10 +107,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
-    results = {"machine": {"platform": platform.platform(), "torch": torch.__version__,
-                           "device": device.type, "threads": torch.get_num_threads(),
-                           "gpu": torch.cuda.get_device_name(device) if device.type == "cuda"
-                           else None},
+    results = {"machine": machine_info(device),
                "architecture": config.architectures, "n_params": sum(p.numel() for p in
                                                                       model.parameters()),
                "batches": {}}

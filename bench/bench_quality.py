@@ -18,7 +18,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+from machine import machine_info  # noqa: E402
 
 from models.data import Dataset  # noqa: E402
 from models.evaluate import ENCODERS, EvalConfig, run_evaluation  # noqa: E402
@@ -112,16 +111,14 @@ def config_for(name: str, args: argparse.Namespace) -> EvalConfig:
 
 def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
     print(f"[bench] {name}: loading data", flush=True)
-    load_start = os.getloadavg()
+    machine = machine_info("cpu")
     t0 = time.perf_counter()
     data = load_dataset(name, args)
     report_dir = args.results / "reports" / name
     result = run_evaluation(data, config_for(name, args), report_dir, progress=True)
     out = {
         "benchmark": "quality", "dataset": name, "wall_seconds": round(time.perf_counter() - t0, 1),
-        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "platform": platform.platform(), "torch": torch.__version__, "device": "cpu",
-                    "load_avg_start": load_start, "load_avg_end": os.getloadavg(),
+        "machine": {**machine, "load_avg_end": os.getloadavg(),
                     "note": "shared machine: other processes may compete for the cores"},
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "report_dir": str(report_dir), **result.to_json(),
