@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 from bench_quality import build_parser, config_for, load_dataset, start  # noqa: E402
 from machine import machine_info  # noqa: E402
 
-from models.evaluate import tune_llm  # noqa: E402
 from models.llm.base_model import resolve_device  # noqa: E402
+from models.train import tune_llm  # noqa: E402
 
 DEFAULTS = {"lora_steps": 3000, "lora_batch": 16, "lora_eval_every": 25, "lora_patience": 4}
 

@@ -3,15 +3,20 @@
 The blended score of item ``i`` for a query made of generated text ``t_q`` and a user
 state ``u`` is (our reading of the paper, see DESIGN.md)
 
-    s(i) = λ·cos(t_q, t_i) + (1 − λ)·cos(u, e_i)
+    s(i) = λ·cos(t_q, t_i) + (1 − λ)·sim(u, e_i)
 
-With unit vectors this is ONE inner product, ``s(i) = q · x_i`` with
+where the ID half ``sim`` is either ``cos(u, e_i)`` (``id_half="cosine"``) or SASRec's
+own logit ``u·e_i / σ`` (``id_half="logit"``: the norms carry signal the cosine throws
+away, and at λ = 0 the ranking is exactly SASRec's). Either way it is ONE inner product,
+``s(i) = q · x_i``, with the weights on the query side only:
 
-    q   = [√λ·t̂_q ; √(1−λ)·û]        x_i = [√λ·t̂_i ; √(1−λ)·ê_i]
+    x_i = [t̂_i ; ê_i]  (cosine)   or   [t̂_i ; e_i]    (logit)
+    q   = [λ·t̂_q ; (1−λ)·û]        or   [λ·t̂_q ; (1−λ)·u/σ]
 
-so every item is stored once, as ``x_i``, in any inner-product vector index (Milvus in
-production, :class:`MixupIndex` here for offline evaluation) and one search answers the
-blended query. λ = 1 is pure title retrieval, λ = 0 pure ID retrieval.
+so every item is stored once, as ``x_i``, independent of λ and σ, in any inner-product
+vector index (Milvus in production, :class:`MixupIndex` in process), a new λ needs no
+re-indexing, and one search answers the blended query. λ = 1 is pure title retrieval,
+λ = 0 pure ID retrieval.
 
 Also here: :class:`IdImputer` (ID embeddings for items the sequential model has not
 seen yet), :class:`QueryMemory` (past search queries mapped to what shoppers took next)
@@ -21,16 +26,17 @@ and :func:`choose_lambda`. Pure numpy; nothing here knows about Milvus.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from models.metrics import recall_at_k, target_ranks
+
+ID_HALVES = ("cosine", "logit")
 
 # -- the blend -------------------------------------------------------------------------------
 
@@ -42,29 +48,64 @@ def unit(x: np.ndarray) -> np.ndarray:
     return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
 
 
-def _check_lambda(lam: float) -> None:
-    if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"λ must be in [0, 1], got {lam}")
+@dataclass(frozen=True)
+class Fusion:
+    """How the two halves are blended; chosen on validation and recorded with the bundle.
+
+    ``rebuy_threshold``: items the shopper already bought are left out of the answer
+    unless the generated text names them (``cos(t_q, t_i) >= threshold``: the model
+    predicts a re-buy). ``None`` keeps bought items rankable like any other.
+    """
+
+    lam: float
+    id_half: str = "cosine"
+    sigma: float = 1.0
+    rebuy_threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.lam <= 1.0:
+            raise ValueError(f"λ must be in [0, 1], got {self.lam}")
+        if self.id_half not in ID_HALVES:
+            raise ValueError(f"id_half must be one of {', '.join(ID_HALVES)}, not {self.id_half!r}")
+        if not self.sigma > 0:
+            raise ValueError(f"σ must be positive, got {self.sigma}")
+
+    def with_lambda(self, lam: float) -> Fusion:
+        return Fusion(float(lam), self.id_half, self.sigma, self.rebuy_threshold)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Fusion:
+        return cls(**{k: data[k] for k in ("lam", "id_half", "sigma", "rebuy_threshold") if k in data})
 
 
-def mixup_item_vectors(title_emb: np.ndarray, id_emb: np.ndarray, lam: float) -> np.ndarray:
-    """x_i = [√λ·t̂_i ; √(1−λ)·ê_i], one row per item: what the vector index stores."""
-    _check_lambda(lam)
+def id_part(id_emb: np.ndarray, id_half: str) -> np.ndarray:
+    """The stored ID half of the item vectors: ê_i (cosine) or e_i itself (logit)."""
+    e = np.atleast_2d(np.asarray(id_emb, dtype=np.float64))
+    return unit(e) if id_half == "cosine" else e
+
+
+def mixup_item_vectors(title_emb: np.ndarray, id_emb: np.ndarray, id_half: str = "cosine") -> np.ndarray:
+    """x_i = [t̂_i ; ê_i] or [t̂_i ; e_i], one row per item: what the vector index stores."""
+    if id_half not in ID_HALVES:
+        raise ValueError(f"id_half must be one of {', '.join(ID_HALVES)}, not {id_half!r}")
     t, e = np.atleast_2d(title_emb), np.atleast_2d(id_emb)
     if len(t) != len(e):
         raise ValueError(f"{len(t)} title rows but {len(e)} ID rows")
-    x = np.concatenate([math.sqrt(lam) * unit(t), math.sqrt(1.0 - lam) * unit(e)], axis=1)
-    return x.astype(np.float32)
+    return np.concatenate([unit(t), id_part(e, id_half)], axis=1).astype(np.float32)
 
 
-def mixup_query(text_emb: np.ndarray | None, user_state: np.ndarray | None, lam: float,
+def mixup_query(text_emb: np.ndarray | None, user_state: np.ndarray | None, fusion: Fusion | float,
                 text_dim: int | None = None, id_dim: int | None = None) -> np.ndarray:
-    """q = [√λ·t̂_q ; √(1−λ)·û] for one query ([d]) or a batch ([b, d]).
+    """q = [λ·t̂_q ; (1−λ)·û] (cosine) or [λ·t̂_q ; (1−λ)·u/σ] (logit), for one query
+    ([d]) or a batch ([b, d]). A bare float is λ with the cosine ID half.
 
     A missing half (no generated text, or a shopper with no state) becomes zeros, so
     that half contributes nothing; give its dimension (``text_dim`` / ``id_dim``) then.
     """
-    _check_lambda(lam)
+    fusion = fusion if isinstance(fusion, Fusion) else Fusion(float(fusion))
     one = (text_emb if text_emb is not None else user_state)
     if one is None:
         raise ValueError("a mix-up query needs generated text, a user state, or both")
@@ -72,7 +113,8 @@ def mixup_query(text_emb: np.ndarray | None, user_state: np.ndarray | None, lam:
     rows = 1 if single else len(one)
     t = _half(text_emb, rows, text_dim, "text_dim")
     u = _half(user_state, rows, id_dim, "id_dim")
-    q = np.concatenate([math.sqrt(lam) * unit(t), math.sqrt(1.0 - lam) * unit(u)], axis=1)
+    u = unit(u) if fusion.id_half == "cosine" else u / fusion.sigma
+    q = np.concatenate([fusion.lam * unit(t), (1.0 - fusion.lam) * u], axis=1)
     return q[0].astype(np.float32) if single else q.astype(np.float32)
 
 
@@ -85,10 +127,28 @@ def _half(x: np.ndarray | None, rows: int, dim: int | None, name: str) -> np.nda
 
 
 def blended_score(text_emb: np.ndarray, user_state: np.ndarray, title_emb: np.ndarray,
-                  id_emb: np.ndarray, lam: float) -> np.ndarray:
-    """s(i) = λ·cos(t_q, t_i) + (1−λ)·cos(u, e_i), computed directly (the reference formula)."""
-    _check_lambda(lam)
-    return lam * (unit(title_emb) @ unit(text_emb)) + (1 - lam) * (unit(id_emb) @ unit(user_state))
+                  id_emb: np.ndarray, fusion: Fusion | float) -> np.ndarray:
+    """s(i) = λ·cos(t_q, t_i) + (1−λ)·sim(u, e_i), computed directly (the reference formula)."""
+    fusion = fusion if isinstance(fusion, Fusion) else Fusion(float(fusion))
+    lam = fusion.lam
+    if fusion.id_half == "cosine":
+        ids = unit(id_emb) @ unit(user_state)
+    else:
+        ids = np.asarray(id_emb, dtype=np.float64) @ np.asarray(user_state, dtype=np.float64) / fusion.sigma
+    return lam * (unit(title_emb) @ unit(text_emb)) + (1 - lam) * ids
+
+
+def rebuy_exclusions(bought: Sequence[Sequence[str]], text_sim: Callable[[int, str], float],
+                     threshold: float | None) -> list[list[str]]:
+    """Per query ``r``, the bought items to leave out of its answer.
+
+    ``text_sim(r, item)`` is cos(t_q of query r, t_item). A bought item stays when the
+    generated text names it (similarity at least ``threshold``: the model predicts a
+    re-buy); ``threshold=None`` keeps every bought item rankable.
+    """
+    if threshold is None:
+        return [[] for _ in bought]
+    return [[i for i in items if not text_sim(r, i) >= threshold] for r, items in enumerate(bought)]
 
 
 # -- exact in-memory index -----------------------------------------------------------------------
@@ -100,23 +160,27 @@ class Hit(NamedTuple):
 
 
 class MixupIndex:
-    """Exact inner-product search over stored mix-up vectors (offline evaluation, tests).
+    """Exact inner-product search over stored mix-up vectors (in-process serving, evaluation).
 
     Holds the same vectors the Milvus collection holds, so offline numbers and the
-    served ranking agree up to the approximate index's recall.
+    served ranking agree up to the approximate index's recall. ``available`` marks the
+    items that may be answered (in stock); the others are never returned.
     """
 
-    def __init__(self, item_ids: Sequence[str], vectors: np.ndarray):
+    def __init__(self, item_ids: Sequence[str], vectors: np.ndarray,
+                 available: np.ndarray | None = None):
         self.item_ids = np.asarray([str(i) for i in item_ids])
         self.vectors = np.asarray(vectors, dtype=np.float32)
         if len(self.item_ids) != len(self.vectors):
             raise ValueError(f"{len(self.item_ids)} ids but {len(self.vectors)} vectors")
+        self.available = (np.ones(len(self.item_ids), bool) if available is None
+                          else np.asarray(available, dtype=bool))
         self.index = {item: i for i, item in enumerate(self.item_ids)}
 
     @classmethod
     def build(cls, item_ids: Sequence[str], title_emb: np.ndarray, id_emb: np.ndarray,
-              lam: float) -> MixupIndex:
-        return cls(item_ids, mixup_item_vectors(title_emb, id_emb, lam))
+              id_half: str = "cosine") -> MixupIndex:
+        return cls(item_ids, mixup_item_vectors(title_emb, id_emb, id_half))
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -128,10 +192,11 @@ class MixupIndex:
     def search(self, q: np.ndarray, k: int = 10,
                exclude: Sequence[str] | Sequence[Sequence[str]] | None = None
                ) -> list[Hit] | list[list[Hit]]:
-        """The ``k`` best items, best first; ``exclude`` lists item ids to leave out
-        (one list for a single query, one list per query for a batch)."""
+        """The ``k`` best available items, best first; ``exclude`` lists item ids to leave
+        out (one list for a single query, one list per query for a batch)."""
         single = np.asarray(q).ndim == 1
         scores = np.atleast_2d(self.scores(q)).astype(np.float64)
+        scores[:, ~self.available] = -np.inf
         excl = [exclude] if single else (exclude or [None] * len(scores))
         out = [self._top(row, k, ex) for row, ex in zip(scores, excl, strict=True)]
         return out[0] if single else out
@@ -139,13 +204,17 @@ class MixupIndex:
     def _top(self, scores: np.ndarray, k: int, exclude: Sequence[str] | None) -> list[Hit]:
         if exclude:
             scores[[self.index[i] for i in exclude if i in self.index]] = -np.inf
-        k = min(k, len(scores))
-        if k <= 0:
-            return []
-        best = np.argpartition(-scores, k - 1)[:k]
-        best = best[np.lexsort((best, -scores[best]))]  # score, then catalog order on ties
-        return [Hit(str(self.item_ids[i]), float(scores[i])) for i in best
-                if np.isfinite(scores[i])]
+        return [Hit(str(self.item_ids[i]), float(scores[i])) for i in top_k_rows(scores, k)]
+
+
+def top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` best finite scores, best first; ties in catalog order."""
+    k = min(k, len(scores))
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    best = np.argpartition(-scores, k - 1)[:k]
+    best = best[np.lexsort((best, -scores[best]))]
+    return best[np.isfinite(scores[best])]
 
 
 # -- ID embeddings for new items ---------------------------------------------------------------

@@ -6,14 +6,19 @@ never stops for one.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
 
 from streams.app import app, dlq_topic, events_topic, recs_topic, sequences, settings
 from streams.sequence_table import UserSequence
 from streams.trigger import IdleTracker, TriggerPolicy
+from stylestream.config import ConfigError, Settings
 from stylestream.recommender import HistoryItem, Recommender, RecommendRequest
 from stylestream.records import BadRecord, ClickEvent, DeadLetter, PurchaseEvent, Recommendation, parse_event
 
@@ -27,6 +32,7 @@ class Stats:
     duplicates: int = 0
     dead_lettered: int = 0
     recs_published: int = 0
+    recs_by_path: Counter[str] = field(default_factory=Counter)
 
 
 stats = Stats()
@@ -36,14 +42,36 @@ _recommender: Recommender | None = None
 
 
 def recommender() -> Recommender:
-    """The recommender, loaded once per worker (the baseline unless one was installed)."""
+    """The recommender, loaded once per worker (see STYLESTREAM_RECOMMENDER)."""
     global _recommender
     if _recommender is None:
+        _recommender = make_recommender(settings)
+        log.info("recommender %s (%s)", _recommender.model_version, type(_recommender).__name__)
+    return _recommender
+
+
+def make_recommender(s: Settings) -> Recommender:
+    """serving: the LLM path over Ray Serve with the ID-only fast path behind it; id-only:
+    the fast path alone; baseline: category popularity (no bundle needed)."""
+    mode = s.recommender
+    has_bundle = (s.bundle_dir / "bundle.json").is_file()
+    if mode == "auto":
+        mode = ("serving" if s.serving_url else "id-only") if has_bundle else "baseline"
+    if mode == "baseline":
         from streams.baseline import BaselineRecommender
 
-        _recommender = BaselineRecommender.from_folder(settings.dataset_dir)
-        log.info("recommender %s loaded from %s", _recommender.model_version, settings.dataset_dir)
-    return _recommender
+        return BaselineRecommender.from_folder(s.dataset_dir)
+    from streams.id_only import IdOnlyRecommender
+
+    fast = IdOnlyRecommender.from_folder(s.bundle_dir)
+    if mode == "id-only":
+        return fast
+    if not s.serving_url:
+        raise ConfigError("STYLESTREAM_RECOMMENDER=serving needs STYLESTREAM_SERVING_URL (the Serve ingress)")
+    from streams.serving_recommender import ServingRecommender
+
+    return ServingRecommender(s.serving_url, fast, timeout_s=s.serving_timeout_ms / 1000,
+                              max_in_flight=s.serving_max_in_flight, max_history=s.max_request_history)
 
 
 def install_recommender(rec: Recommender) -> None:
@@ -86,20 +114,37 @@ async def apply_event(ev: ClickEvent | PurchaseEvent, source: tuple[str, int, in
     stats.processed += 1
     idle.touch(ev.user_id, ev.event_id, answered=fire)
     if fire:
-        await publish_recommendation(ev.user_id, seq, ev.event_id, sent_at)
+        spawn(publish_recommendation(ev.user_id, seq, ev.event_id, sent_at))
+
+
+# Recommendations run beside the stream, never inside it: the agent goes on with the next
+# event while the LLM path answers (or its deadline passes and the fast path does).
+pending: set[asyncio.Task] = set()
+
+
+def spawn(job: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.ensure_future(job)
+    pending.add(task)
+    task.add_done_callback(_finished)
+
+
+def _finished(task: asyncio.Task) -> None:
+    pending.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.error("recommendation failed: %r", task.exception())
 
 
 async def publish_recommendation(user_id: str, seq: UserSequence, trigger_event_id: str, since: float) -> None:
     history = [HistoryItem(e.item_id, e.kind, e.ts) for e in seq.events]
-    rec = recommender()
-    result = await rec.recommend(RecommendRequest(user_id, history, settings.recs_k))
+    result = await recommender().recommend(RecommendRequest(user_id, history, settings.recs_k))
     now = time.time()
     out = Recommendation(request_id=uuid.uuid4().hex, user_id=user_id, trigger_event_id=trigger_event_id,
                          items=result.items, generated_text=result.generated_text,
-                         model_version=rec.model_version, produced_at=now,
-                         latency_ms=round(max(0.0, now - since) * 1000, 3))
+                         model_version=result.model_version or recommender().model_version, path=result.path,
+                         produced_at=now, latency_ms=round(max(0.0, now - since) * 1000, 3))
     await recs_topic.send(key=user_id.encode(), value=out.to_bytes())
     stats.recs_published += 1
+    stats.recs_by_path[result.path] += 1
 
 
 async def dead_letter(topic: str, partition: int, offset: int, raw: bytes | None, reason: str) -> None:
@@ -114,14 +159,17 @@ async def idle_triggers() -> None:
     for user_id, event_id in idle.due():
         seq = UserSequence.from_dict(sequences.get(user_id))
         if seq.events:
-            await publish_recommendation(user_id, seq, event_id, time.time())
+            spawn(publish_recommendation(user_id, seq, event_id, time.time()))
 
 
 @app.page("/stats/")
 async def stats_page(web, request):
     ready = (app.tables.recovery.completed.is_set() and not app.rebalancing and not app.in_recovery
              and _recommender is not None)
-    return web.json({**vars(stats), "ready": ready})
+    serving = getattr(_recommender, "stats", None)
+    return web.json({**vars(stats), "recs_pending": len(pending), "ready": ready,
+                     "serving": serving.as_dict() if serving is not None else None,
+                     "recommender": _recommender.model_version if _recommender is not None else None})
 
 
 @app.page("/users/{user_id}/")

@@ -25,7 +25,10 @@ app = typer.Typer(help="stylestream: streaming fashion recommendations (LLM + mi
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 data_app = typer.Typer(help="Create, import and inspect data sets (internal parquet format).", no_args_is_help=True)
 import_app = typer.Typer(help="Import a public fashion data set into the internal format.", no_args_is_help=True)
+index_app = typer.Typer(help="Milvus: the bundle's mix-up item vectors, one collection per bundle.",
+                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(index_app, name="index")
 data_app.add_typer(import_app, name="import")
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -37,12 +40,13 @@ def friendly(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from models.bundle import BundleError
         from models.data import DataError
         from stylestream.devstack import BrokerError
 
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, DataError, BrokerError, FileNotFoundError, PermissionError) as exc:
+        except (ConfigError, DataError, BrokerError, BundleError, FileNotFoundError, PermissionError) as exc:
             err.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
@@ -148,6 +152,9 @@ def data_info(folder: Annotated[Path, typer.Argument(help="a data set folder")])
     console.print(table)
 
 
+BundleOpt = Annotated[Path | None, typer.Option(help="model bundle (default: STYLESTREAM_BUNDLE or home/bundle)")]
+
+
 # -- running --------------------------------------------------------------------------------
 @app.command()
 @friendly
@@ -155,11 +162,11 @@ def demo(
     users: Annotated[int, typer.Option(min=10, help="synthetic shoppers")] = 600,
     items: Annotated[int, typer.Option(min=50, help="synthetic catalog items")] = 1000,
     seed: Annotated[int, typer.Option(help="data seed")] = 0,
-    rate: Annotated[float, typer.Option(min=0, help="replay rate, events/s (0 = as fast as possible)")] = 1000.0,
+    rate: Annotated[float, typer.Option(min=0, help="replay rate, events/s (0 = as fast as possible)")] = 200.0,
     examples: Annotated[int, typer.Option(min=0, help="example recommendations to print")] = 3,
     summary: Annotated[Path | None, typer.Option(help="also write the summary as JSON here")] = None,
 ) -> None:
-    """The end-to-end demo: synthetic data → embedded broker → stream worker → recs.out, live."""
+    """The end-to-end demo: synthetic data → LoRA-tuned bundle → Milvus → Ray Serve → stream → recs.out, live."""
     from stylestream.demo import run_demo, write_summary
 
     s = settings()
@@ -176,33 +183,80 @@ def demo(
 @friendly
 def up(
     workers: Annotated[int, typer.Option(min=1, max=16, help="stream worker processes")] = 1,
+    serve: Annotated[bool, typer.Option(
+        help="serve the bundle's LLM path (Milvus + Ray Serve) when STYLESTREAM_BUNDLE holds one")] = True,
     ray: Annotated[bool, typer.Option(help="start local Ray (dashboard on 127.0.0.1)")] = True,
-    milvus: Annotated[bool, typer.Option(help="open Milvus Lite (or MILVUS_URI)")] = True,
+    milvus: Annotated[bool, typer.Option(help="start the embedded Milvus Lite server (or use MILVUS_URI)")] = True,
 ) -> None:
-    """Start the stack (broker, topics, workers, Milvus, Ray) and run until Ctrl-C."""
+    """Start the stack (broker, topics, Milvus, Ray Serve, workers) and run until Ctrl-C."""
     from stylestream.devstack import DevStack
 
     s = settings()
     if not (s.dataset_dir / "manifest.json").exists():
         raise ConfigError(f"no data set at {s.dataset_dir}: run `stylestream data synth` first "
                           "or set STYLESTREAM_DATASET")
+    serving = serve and (s.bundle_dir / "bundle.json").is_file()
     stop = _stop_on_signals()
     with DevStack(s) as stack:
         with console.status("starting the stack"):
             bootstrap = stack.start_broker()
-            started = [stack.start_worker() for _ in range(workers)]
-            if milvus:
+            if milvus or serving:
                 stack.start_milvus()
-            if ray:
+            if serving:
+                stack.start_serving()
+            elif ray:
                 stack.start_ray()
-        console.print(f"[green]up[/green]: Kafka {bootstrap}; workers "
-                      + ", ".join(f"{w.worker_id} (http://127.0.0.1:{w.web_port}/stats/)" for w in started)
-                      + (f"; Ray dashboard http://127.0.0.1:{s.ray_dashboard_port}" if ray else "")
-                      + ". Ctrl-C stops everything.")
+            started = [stack.start_worker() for _ in range(workers)]
+        parts = [f"Kafka {bootstrap}",
+                 "workers " + ", ".join(f"{w.worker_id} (http://127.0.0.1:{w.web_port}/stats/)" for w in started)]
+        if stack.milvus_uri:
+            parts.append(f"Milvus {stack.milvus_uri}")
+        if stack.serving_url:
+            parts.append(f"Serve {stack.serving_url}/recommend")
+        if stack.ray_started:
+            parts.append(f"Ray dashboard http://127.0.0.1:{s.ray_dashboard_port}")
+        console.print("[green]up[/green]: " + "; ".join(parts) + ". Ctrl-C stops everything.")
+        if serve and not serving:
+            console.print(f"[yellow]no bundle at {s.bundle_dir}[/yellow]: the stream answers with the baseline "
+                          "(build one with `stylestream train --out DIR`)")
         while not stop.is_set():
             for w in started:
                 if w.proc.poll() is not None:
                     raise ConfigError(f"{w.worker_id} exited with code {w.proc.returncode}; see {w.log_path}")
+            stop.wait(1.0)
+        console.print("stopping…")
+
+
+@app.command("serve")
+@friendly
+def serve_cmd(
+    bundle: BundleOpt = None,
+) -> None:
+    """Serve a bundle's LLM path on local Ray: Generator + Retriever + ingress, until Ctrl-C.
+
+    Indexes the bundle in Milvus first when its collection is missing, and writes a
+    `serve deploy` config for the running stack to $STYLESTREAM_HOME/serve_config.yaml.
+    """
+    import yaml
+
+    from models.bundle import Bundle
+    from serving.app import serve_config
+    from stylestream.devstack import DevStack
+
+    s = settings(bundle=bundle)
+    loaded = Bundle.load(s.bundle_dir)
+    stop = _stop_on_signals()
+    with DevStack(s) as stack:
+        with console.status(f"starting Milvus, Ray and the Serve application for {loaded.version}"):
+            url = stack.start_serving()
+        config = s.home / "serve_config.yaml"
+        config.write_text(yaml.safe_dump(serve_config(s, loaded.folder, stack.milvus_uri), sort_keys=False))
+        console.print(f"[green]serving[/green] {loaded.version} ({loaded.chosen_encoder}, {loaded.fusion()}) at "
+                      f"{url}/recommend; Ray dashboard http://127.0.0.1:{s.ray_dashboard_port} (Serve tab); "
+                      f"Milvus {stack.milvus_uri}. Roll out another bundle with `serve deploy {config} "
+                      f"--address http://127.0.0.1:{s.ray_dashboard_port}` after editing its bundle path. "
+                      "Ctrl-C stops everything.")
+        while not stop.is_set():
             stop.wait(1.0)
         console.print("stopping…")
 
@@ -230,49 +284,106 @@ def replay_cmd(
     console.print(f"replayed {result.sent:,} events in {time.monotonic() - started:.1f} s ({result.rate:,.0f}/s)")
 
 
+# -- the model bundle: train and evaluate ---------------------------------------------------------
+DatasetOpt = Annotated[Path | None, typer.Option(
+    help="data set folder (default: STYLESTREAM_DATASET; the synthetic one is generated if absent)")]
+BaseModel = Annotated[Path | None, typer.Option(
+    help="local HF causal-LM folder to LoRA-tune (default: SmolLM2, materialised under home)")]
+LoraSteps = Annotated[int, typer.Option(min=0, help="LoRA optimizer steps (the most, with --lora-patience)")]
+LoraEvalEvery = Annotated[int, typer.Option(
+    min=0, help="take the validation-period answer loss every N LoRA steps (0: never)")]
+LoraPatience = Annotated[int, typer.Option(
+    min=0, help="stop LoRA after N evaluations without improvement, keeping the best adapter")]
+LoraRun = Annotated[Path | None, typer.Option(
+    help="a finished LoRA run (adapter/ + manifest.json, e.g. trained on a GPU box) to use instead")]
+MaxValEvents = Annotated[int, typer.Option(min=1, help="validation purchases that choose the fusion (λ, ...)")]
+Encoders = Annotated[str, typer.Option(help="title encoders to train, comma-separated: minilm,lstm "
+                                            "(the best on validation is served)")]
+Engine = Annotated[str, typer.Option(help="generation engine: onnx (ONNX Runtime) or torch")]
+Seed = Annotated[int, typer.Option(help="seed for sampling events and training")]
+
+
+def _train_config(cls: Any, s: Settings, base_model: Path | None, encoders: str, **fields: Any) -> Any:
+    """A TrainConfig/EvalConfig from CLI options; what is wrong is said before any data loads."""
+    if base_model is not None and not (base_model / "config.json").is_file():
+        raise FileNotFoundError(f"--base-model {base_model} is not a model folder (no config.json)")
+    names = tuple(e.strip() for e in encoders.split(",") if e.strip())
+    try:
+        return cls(base_model=base_model, home=s.home, title_encoders=names, **fields)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _dataset_for(s: Settings, dataset: Path | None) -> Any:
+    from models.data import Dataset
+
+    if dataset is None and not (s.dataset_dir / "manifest.json").exists():
+        from stylestream.demo import ensure_dataset
+
+        return ensure_dataset(s, 600, 1000, 0, console)
+    return Dataset.load(dataset or s.dataset_dir)
+
+
+@app.command("train")
+@friendly
+def train_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="bundle folder to write (replaced if it holds one)")],
+    dataset: DatasetOpt = None,
+    base_model: BaseModel = None,
+    lora_steps: LoraSteps = 60,
+    lora_eval_every: LoraEvalEvery = 0,
+    lora_patience: LoraPatience = 0,
+    lora_run: LoraRun = None,
+    max_val_events: MaxValEvents = 64,
+    encoders: Encoders = "minilm,lstm",
+    engine: Engine = "onnx",
+    seed: Seed = 0,
+) -> None:
+    """Train the model bundle: SASRec, title encoders, LoRA-tuned LLM + ONNX export, fusion chosen on validation."""
+    from models.train import TrainConfig, train_bundle
+
+    s = settings()
+    config = _train_config(TrainConfig, s, base_model, encoders, lora_steps=lora_steps,
+                           lora_eval_every=lora_eval_every, lora_patience=lora_patience, lora_run=lora_run,
+                           max_val_events=max_val_events, engine=engine, seed=seed)
+    data = _dataset_for(s, dataset)
+    try:
+        bundle = train_bundle(data, config, out)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    chosen = bundle.manifest["encoders"][bundle.chosen_encoder]
+    console.print(f"[green]bundle[/green] {bundle.version} in {out}: serves the {bundle.chosen_encoder} encoder, "
+                  f"{bundle.fusion()}, validation Recall@10 {chosen['val_recall@10']:.4f}")
+
+
 @app.command("eval")
 @friendly
 def eval_cmd(
-    dataset: Annotated[Path | None, typer.Option(
-        help="data set folder (default: STYLESTREAM_DATASET; the synthetic one is generated if absent)")] = None,
-    base_model: Annotated[Path | None, typer.Option(
-        help="local HF causal-LM folder to LoRA-tune (default: SmolLM2, materialised under home)")] = None,
-    lora_steps: Annotated[int, typer.Option(min=0, help="LoRA optimizer steps (the most, with --lora-patience)")] = 60,
-    lora_eval_every: Annotated[int, typer.Option(
-        min=0, help="take the validation-period answer loss every N LoRA steps (0: never)")] = 0,
-    lora_patience: Annotated[int, typer.Option(
-        min=0, help="stop LoRA after N evaluations without improvement, keeping the best adapter")] = 0,
-    lora_run: Annotated[Path | None, typer.Option(
-        help="a finished LoRA run (adapter/ + manifest.json, e.g. trained on a GPU box) to use instead")] = None,
+    dataset: DatasetOpt = None,
+    bundle: Annotated[Path | None, typer.Option(
+        help="evaluate this bundle (trained on the same data set), or train one into it if it holds none")] = None,
+    base_model: BaseModel = None,
+    lora_steps: LoraSteps = 60,
+    lora_eval_every: LoraEvalEvery = 0,
+    lora_patience: LoraPatience = 0,
+    lora_run: LoraRun = None,
     max_test_events: Annotated[int, typer.Option(min=1, help="test purchases scored (seeded sample)")] = 256,
-    max_val_events: Annotated[int, typer.Option(min=1, help="validation purchases that choose λ")] = 64,
-    encoders: Annotated[str, typer.Option(help="title encoders, comma-separated: minilm,lstm")] = "minilm,lstm",
-    engine: Annotated[str, typer.Option(help="generation engine: torch or onnx")] = "torch",
-    seed: Annotated[int, typer.Option(help="seed for sampling events and training")] = 0,
+    max_val_events: MaxValEvents = 64,
+    encoders: Encoders = "minilm,lstm",
+    engine: Engine = "onnx",
+    seed: Seed = 0,
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="report folder (default: $STYLESTREAM_HOME/reports/<dataset>-<timestamp>)")] = None,
 ) -> None:
     """Offline evaluation: popularity, co-occurrence, SASRec, ID-only, title-only and mix-up, same events."""
-    from models.data import Dataset
     from models.evaluate import EvalConfig, run_evaluation
 
     s = settings()
-    if base_model is not None and not (base_model / "config.json").is_file():
-        raise FileNotFoundError(f"--base-model {base_model} is not a model folder (no config.json)")
-    names = tuple(e.strip() for e in encoders.split(",") if e.strip())
-    try:  # EvalConfig checks its own fields; say what is wrong before any data is loaded
-        config = EvalConfig(base_model=base_model, home=s.home, title_encoders=names, lora_steps=lora_steps,
-                            lora_eval_every=lora_eval_every, lora_patience=lora_patience, lora_run=lora_run,
-                            max_test_events=max_test_events, max_val_events=max_val_events, engine=engine,
-                            seed=seed)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    if dataset is None and not (s.dataset_dir / "manifest.json").exists():
-        from stylestream.demo import ensure_dataset
-
-        data = ensure_dataset(s, 600, 1000, 0, console)
-    else:
-        data = Dataset.load(dataset or s.dataset_dir)
+    config = _train_config(EvalConfig, s, base_model, encoders, lora_steps=lora_steps,
+                           lora_eval_every=lora_eval_every, lora_patience=lora_patience, lora_run=lora_run,
+                           max_test_events=max_test_events, max_val_events=max_val_events, engine=engine,
+                           seed=seed, bundle=bundle)
+    data = _dataset_for(s, dataset)
     folder = out or s.home / "reports" / f"{data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     result = run_evaluation(data, config, folder)
     table = Table(title=f"{data.name}: {result.dataset['n_test_events']} test purchases, whole catalog")
@@ -285,7 +396,35 @@ def eval_cmd(
     claim = result.claim
     console.print(f"paper claim ({claim['statement']}): " + "; ".join(
         f"{enc}: {'holds' if v['holds'] else 'does not hold'}" for enc, v in claim["per_encoder"].items()))
-    console.print(f"[green]report[/green] {folder}")
+    console.print(f"[green]report[/green] {folder} (bundle {result.bundle['version']})")
+
+
+@index_app.command("build")
+@friendly
+def index_build_cmd(
+    bundle: BundleOpt = None,
+    rebuild: Annotated[bool, typer.Option(help="rebuild the collection even if it is complete")] = False,
+    index: Annotated[str, typer.Option(help="vector index: auto (FLAT below 20,000 items, else HNSW), FLAT or HNSW")]
+    = "auto",
+) -> None:
+    """Load every catalog item's vector into the bundle's collection, then switch the alias to it."""
+    from indexer.build import build_index
+    from indexer.collection import connect
+    from models.bundle import Bundle
+    from stylestream.devstack import DevStack
+
+    if index not in ("auto", "FLAT", "HNSW"):
+        raise ConfigError(f"--index must be auto, FLAT or HNSW, not {index!r}")
+    s = settings(bundle=bundle)
+    loaded = Bundle.load(s.bundle_dir)
+    with DevStack(s) as stack:
+        client = connect(stack.start_milvus(), s.milvus_token)
+        report = build_index(client, loaded, s.milvus_collection, index=index, rebuild=rebuild)
+        client.close()
+    console.print(f"[green]indexed[/green] {report.rows:,} items of {loaded.version} into {report.collection} "
+                  f"({report.index}, {report.seconds} s{', reused' if report.reused else ''}); alias "
+                  f"{report.alias} now points at it" + (f"; dropped {', '.join(report.dropped)}" if report.dropped
+                                                         else ""))
 
 
 @app.command("config")

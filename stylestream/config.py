@@ -52,6 +52,30 @@ class Settings:
     commit_interval: float = setting(1.0, "seconds between offset commits")
     session_timeout: float = setting(6.0, "consumer group session timeout; small so joins take seconds")
     ray_dashboard_port: int = setting(8265, "local Ray dashboard port (127.0.0.1 only)")
+    bundle: Path = setting(Path(""), "model bundle folder (empty = home/bundle); written by `stylestream train`")
+    recommender: str = setting("auto", "what answers the stream: serving (LLM via Ray Serve, ID-only fallback), "
+                                       "id-only, baseline; auto = serving when a bundle and a serving URL exist, "
+                                       "else id-only with a bundle, else baseline")
+    serving_url: str = setting("", "Ray Serve ingress the stream calls (empty = none; `stylestream up` sets it)")
+    serving_timeout_ms: float = setting(4000.0, "deadline for an LLM answer; later, the stream answers from "
+                                                "the fast path instead")
+    serving_max_in_flight: int = setting(8, "LLM requests a stream worker keeps open at once; beyond, the fast "
+                                            "path answers at once")
+    serve_host: str = setting("127.0.0.1", "address Ray Serve's HTTP proxy binds")
+    serve_port: int = setting(8000, "Ray Serve HTTP port (POST /recommend, GET /healthz, GET /version)")
+    gen_engine: str = setting("onnx", "Generator engine: onnx (ONNX Runtime, CUDA provider first) or torch")
+    gen_num_gpus: str = setting("auto", "GPUs per Generator replica: auto (1 when Ray sees a GPU, else 0) "
+                                        "or a number")
+    gen_max_batch_size: int = setting(8, "Generator dynamic batching: most prompts in one batch")
+    gen_batch_wait_ms: float = setting(50.0, "Generator dynamic batching: longest wait for a batch to fill")
+    gen_min_replicas: int = setting(1, "Generator autoscaling: fewest replicas")
+    gen_max_replicas: int = setting(2, "Generator autoscaling: most replicas")
+    gen_target_ongoing_requests: float = setting(8.0, "Generator autoscaling: ongoing requests per replica "
+                                                      "it aims for")
+    retriever_replicas: int = setting(1, "Retriever replicas (title encoder, SASRec, Milvus search)")
+    max_request_history: int = setting(200, "most history events a /recommend request may carry")
+    milvus_collection: str = setting("stylestream_items", "Milvus alias of the live item collection")
+    milvus_token: str = setting("", "Milvus token (user:password or API key) for a secured server")
     log_level: str = setting("INFO", "logging level")
 
     @classmethod
@@ -72,9 +96,28 @@ class Settings:
     def validate(self) -> None:
         if self.broker not in ("noida", "tansu"):
             raise ConfigError(f"{env_name('broker')} must be 'noida' or 'tansu', not {self.broker!r}")
-        for name in ("topic_partitions", "sequence_length", "recs_k"):
+        if self.recommender not in ("auto", "serving", "id-only", "baseline"):
+            raise ConfigError(f"{env_name('recommender')} must be auto, serving, id-only or baseline, "
+                              f"not {self.recommender!r}")
+        if self.gen_engine not in ("onnx", "torch"):
+            raise ConfigError(f"{env_name('gen_engine')} must be onnx or torch, not {self.gen_engine!r}")
+        if self.gen_num_gpus != "auto":
+            try:
+                float(self.gen_num_gpus)
+            except ValueError:
+                raise ConfigError(f"{env_name('gen_num_gpus')} must be auto or a number, "
+                                  f"not {self.gen_num_gpus!r}") from None
+        if not 1 <= self.gen_min_replicas <= self.gen_max_replicas:
+            raise ConfigError(f"{env_name('gen_min_replicas')} must be at least 1 and at most "
+                              f"{env_name('gen_max_replicas')}")
+        for name in ("topic_partitions", "sequence_length", "recs_k", "serving_max_in_flight",
+                     "gen_max_batch_size", "retriever_replicas", "max_request_history"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{env_name(name)} must be at least 1, not {getattr(self, name)}")
+
+    @property
+    def bundle_dir(self) -> Path:
+        return self.bundle if str(self.bundle) not in ("", ".") else self.home / "bundle"
 
     @property
     def dataset_dir(self) -> Path:

@@ -1,9 +1,14 @@
-"""The main job: synthetic shoppers replayed through the live pipeline, watched as it runs.
+"""The main job: synthetic shoppers replayed through the whole live path, watched as it runs.
 
-Generates (or reuses) the synthetic data set, starts the embedded broker and a
-stream worker, replays the test period's events in time order, and shows events/s,
-recommendations published, dead letters, latency and live hit rate; then prints a
-few example recommendations with titles and stops everything it started.
+1. Generates (or reuses) the synthetic data set.
+2. Trains a model bundle with a short LoRA tune of SmolLM2 (or reuses the bundle already
+   built for this data set): SASRec, a title encoder, the LLM and its ONNX export.
+3. Starts the embedded broker, the Milvus Lite server (filled from the bundle), local
+   Ray with the Serve application (Generator, Retriever, ingress), and a stream worker
+   whose recommender calls Serve with the ID-only fast path behind it.
+4. Replays the test period's events in time order and shows events/s, recommendations
+   by answering path, dead letters and latency live; then prints LLM answers (generated
+   text beside the retrieved items) and stops everything it started.
 """
 
 from __future__ import annotations
@@ -12,8 +17,10 @@ import json
 import shutil
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,6 +29,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from models.bundle import Bundle
 from models.data import Dataset
 from streams.replay import ReplayProgress, replay
 from stylestream.config import Settings
@@ -62,9 +70,13 @@ class DemoSummary:
     processed: int
     dead_lettered: int
     recs_published: int
+    recs_llm: int
+    recs_fast_path: int
     latency_p50_ms: float
     latency_p99_ms: float
+    llm_latency_p50_ms: float
     hit_rate_at_k: float
+    bundle_version: str
     elapsed_s: float
 
 
@@ -84,20 +96,66 @@ def ensure_dataset(settings: Settings, users: int, items: int, seed: int, consol
     return data
 
 
-def run_demo(settings: Settings, users: int = 600, items: int = 1000, seed: int = 0, rate: float = 1000.0,
+def demo_training(settings: Settings) -> Any:
+    """A bundle in minutes on a 2-core CPU: a short LoRA tune, one title encoder, brief SASRec."""
+    from models.sasrec import SASRecConfig
+    from models.train import TrainConfig
+
+    return TrainConfig(home=settings.home, title_encoders=("minilm",), minilm_steps=10, lora_steps=3,
+                       lora_batch_size=4, max_history=6, max_val_events=24, max_new_tokens=16, gen_batch_size=12,
+                       sasrec=SASRecConfig(epochs=12, patience=3))
+
+
+def ensure_bundle(settings: Settings, data: Dataset, console: Console) -> Bundle:
+    """The bundle already built for this data set, or a new one from :func:`demo_training`."""
+    from models.bundle import BundleError
+    from models.train import train_bundle
+
+    folder = settings.bundle_dir
+    try:
+        bundle = Bundle.load(folder)
+        if bundle.data_hash == data.data_hash():
+            console.log(f"using bundle {bundle.version} from {folder}")
+            return bundle
+        folder = settings.home / "demo-bundle"  # someone else's bundle: leave it alone
+        bundle = Bundle.load(folder)
+        if bundle.data_hash == data.data_hash():
+            console.log(f"using bundle {bundle.version} from {folder}")
+            return bundle
+    except BundleError:
+        pass
+    console.log(f"training a model bundle into {folder}: SASRec, MiniLM title encoder, a short LoRA tune "
+                "of SmolLM2-135M and its ONNX export (about 3 minutes on 2 cores)")
+    started = time.monotonic()
+    bundle = train_bundle(data, demo_training(settings), folder, progress=True)
+    console.log(f"bundle {bundle.version} trained in {time.monotonic() - started:.0f} s: {bundle.fusion()}")
+    return bundle
+
+
+def run_demo(settings: Settings, users: int = 600, items: int = 1000, seed: int = 0, rate: float = 200.0,
              examples: int = 3, console: Console | None = None) -> DemoSummary:
     console = console or Console()
+    started = time.monotonic()
     data = ensure_dataset(settings, users, items, seed, console)
+    bundle = ensure_bundle(settings, data, console)
     _, _, test = data.parts()
     run_home = settings.home / "demo-run"
     shutil.rmtree(run_home, ignore_errors=True)  # a fresh broker each run: counts start at zero
-    run_settings = Settings.from_env(home=run_home, dataset=settings.dataset_dir)
-    started = time.monotonic()
+    # On 2 CPU cores one LLM answer costs about a second of prefill: small batches and a long
+    # deadline let a few answers through while the fast path answers everything else at once.
+    run_settings = Settings.from_env(home=run_home, dataset=settings.dataset_dir, bundle=bundle.folder,
+                                     serving_timeout_ms=20000.0, serving_max_in_flight=4, gen_max_batch_size=4,
+                                     gen_max_replicas=1)
     with DevStack(run_settings) as stack:
-        with console.status("starting the embedded broker and a stream worker"):
+        with console.status("starting the broker, Milvus Lite, Ray Serve (Generator, Retriever, ingress) "
+                            "and a stream worker"):
             bootstrap = stack.start_broker()
+            milvus = stack.start_milvus()
+            serving = stack.start_serving()
             worker = stack.start_worker()
-        console.log(f"{run_settings.broker} broker on {bootstrap}; worker web on 127.0.0.1:{worker.web_port}")
+        console.log(f"{run_settings.broker} broker on {bootstrap}; Milvus {milvus}; Serve {serving}/recommend; "
+                    f"Ray dashboard http://127.0.0.1:{run_settings.ray_dashboard_port}; worker web on "
+                    f"127.0.0.1:{worker.web_port}")
         watch = Watch()
         watcher = watch.follow(bootstrap)
         progress = ReplayProgress()
@@ -116,9 +174,10 @@ def run_demo(settings: Settings, users: int = 600, items: int = 1000, seed: int 
                 time.sleep(0.25)
         watch.stop.set()
         watcher.join(5)
-        summary = _summarise(progress, stats, watch, test, run_settings.recs_k, time.monotonic() - started)
+        summary = _summarise(progress, stats, watch, test, run_settings.recs_k, bundle.version,
+                             time.monotonic() - started)
         _show_examples(console, watch.recs, data, test, examples)
-    console.log("stopped the worker and the broker")
+    console.log("stopped the worker, Ray Serve, Milvus and the broker")
     return summary
 
 
@@ -133,30 +192,42 @@ def _inject_malformed(bootstrap: str) -> None:
 
 
 def _settled(watch: Watch, stats: dict) -> bool:
-    return len(watch.recs) >= stats["recs_published"] and len(watch.dead) >= stats["dead_lettered"]
+    return (stats["recs_pending"] == 0 and len(watch.recs) >= stats["recs_published"]
+            and len(watch.dead) >= stats["dead_lettered"])
 
 
 def _table(progress: ReplayProgress, stats: dict, watch: Watch) -> Table:
-    lat = [r["latency_ms"] for r in watch.recs[-2000:]]
+    recent = watch.recs[-2000:]
+    lat = [r["latency_ms"] for r in recent]
+    llm = [r["latency_ms"] for r in recent if r.get("path") == "llm"]
+    paths = Counter(r.get("path", "?") for r in watch.recs)
     table = Table(title="stylestream live", show_header=False, min_width=48)
     table.add_row("events replayed", f"{progress.sent:,} / {progress.total:,}  ({progress.rate:,.0f}/s)")
     table.add_row("events processed", f"{stats['processed']:,}  (duplicates dropped {stats['duplicates']})")
-    table.add_row("recommendations", f"{len(watch.recs):,} on recs.out")
+    table.add_row("recommendations", f"{len(watch.recs):,} on recs.out, {stats.get('recs_pending', 0)} in flight")
+    table.add_row("answered by", ", ".join(f"{p} {n:,}" for p, n in paths.most_common()) or "–")
     table.add_row("dead letters", f"{len(watch.dead)} on events.dlq")
     if lat:
         p50, p99 = np.percentile(lat, [50, 99])
         table.add_row("latency event→recs", f"p50 {p50:.1f} ms · p99 {p99:.1f} ms")
+    if llm:
+        table.add_row("latency, LLM path", f"p50 {np.percentile(llm, 50):,.0f} ms")
     return table
 
 
-def _summarise(progress: ReplayProgress, stats: dict, watch: Watch, test: pd.DataFrame, k: int,
+def _summarise(progress: ReplayProgress, stats: dict, watch: Watch, test: pd.DataFrame, k: int, version: str,
                elapsed: float) -> DemoSummary:
     lat = [r["latency_ms"] for r in watch.recs] or [float("nan")]
+    llm = [r["latency_ms"] for r in watch.recs if r.get("path") == "llm"] or [float("nan")]
+    n_llm = sum(r.get("path") == "llm" for r in watch.recs)
     return DemoSummary(events_sent=progress.sent, events_per_s=round(progress.rate, 1),
                        processed=stats["processed"], dead_lettered=len(watch.dead),
-                       recs_published=len(watch.recs), latency_p50_ms=round(float(np.percentile(lat, 50)), 2),
+                       recs_published=len(watch.recs), recs_llm=n_llm, recs_fast_path=len(watch.recs) - n_llm,
+                       latency_p50_ms=round(float(np.percentile(lat, 50)), 2),
                        latency_p99_ms=round(float(np.percentile(lat, 99)), 2),
-                       hit_rate_at_k=round(hit_rate(watch.recs, test), 4), elapsed_s=round(elapsed, 1))
+                       llm_latency_p50_ms=round(float(np.percentile(llm, 50)), 2),
+                       hit_rate_at_k=round(hit_rate(watch.recs, test), 4), bundle_version=version,
+                       elapsed_s=round(elapsed, 1))
 
 
 def hit_rate(recs: list[dict], test: pd.DataFrame) -> float:
@@ -187,18 +258,22 @@ def _trigger_time(rec: dict, test: pd.DataFrame) -> pd.Timestamp | None:
 
 
 def _show_examples(console: Console, recs: list[dict], data: Dataset, test: pd.DataFrame, n: int) -> None:
+    """The last few LLM answers: what the shopper did, what the LLM wrote, what was retrieved."""
     titles = dict(zip(data.items["item_id"], data.items["title"].fillna(""), strict=True))
-    for rec in [r for r in recs if r["items"]][-n:]:
+    shown = [r for r in recs if r["items"] and r.get("path") == "llm"][-n:] or [r for r in recs if r["items"]][-n:]
+    for rec in shown:
         at = _trigger_time(rec, test)
         seen = test[(test["user_id"] == rec["user_id"]) & (test["ts"] <= at)].tail(3) if at is not None else test[:0]
-        table = Table(title=f"shopper {rec['user_id']}: recommendation in {rec['latency_ms']:.0f} ms "
-                            f"({rec['model_version'].split('@')[0]})", title_justify="left")
+        table = Table(title=f"shopper {rec['user_id']}: {rec.get('path')} answer in {rec['latency_ms']:,.0f} ms "
+                            f"({rec['model_version']})", title_justify="left")
         table.add_column("")
         table.add_column("item")
         table.add_column("score", justify="right")
         for kind, item in zip(seen["kind"], seen["item_id"], strict=True):
             verb = "bought" if kind == "purchase" else "clicked"
             table.add_row(f"[dim]{verb}[/dim]", f"[dim]{titles.get(item, item)}[/dim]", "")
+        if rec.get("generated_text"):
+            table.add_row("[bold]LLM wrote[/bold]", f"[bold]{rec['generated_text']}[/bold]", "")
         for i, item in enumerate(rec["items"][:5], 1):
             title = item["title"] or titles.get(item["item_id"], item["item_id"])
             table.add_row(f"#{i}", title, f"{item['score']:.3f}")

@@ -1,7 +1,8 @@
 """The narrow interface between the stream workers and whatever ranks items.
 
-The baseline (popularity within recent categories) and the LLM + mix-up path
-implement the same protocol, so the workers never know which one runs.
+The baseline (popularity within recent categories), the ID-only fast path and the
+LLM + mix-up path over Ray Serve implement the same protocol, so the workers never
+know which one runs; each answer says which path produced it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class RecommendRequest:
 class RecommendResult:
     items: list[RecItem]
     generated_text: str = ""
+    path: str = "baseline"  # "llm" | "id-only" | "baseline"
+    model_version: str = ""  # what answered (a bundle version, or the baseline's data version)
 
 
 class Recommender(Protocol):

@@ -63,6 +63,9 @@ class RecItem(_Record):
     title: str
 
 
+RecPath = Literal["llm", "id-only", "baseline"]
+
+
 class Recommendation(_Record):
     request_id: str
     user_id: str
@@ -70,6 +73,7 @@ class Recommendation(_Record):
     items: list[RecItem]
     generated_text: str
     model_version: str
+    path: RecPath = Field(description="what answered: the LLM path, the ID-only fast path, or the baseline")
     produced_at: float
     latency_ms: float
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -51,3 +52,40 @@ def stack_factory(tmp_path: Path, tiny_data_dir: Path) -> Iterator[Callable[...,
         stack.close()
 
 
+
+
+@dataclass(frozen=True)
+class TinyBundle:
+    """A real model bundle, trained in seconds: small synthetic shop, tiny random Llama, LSTM encoder."""
+
+    folder: Path
+    data_dir: Path
+    dataset: Dataset
+
+
+def train_tiny_bundle(root: Path, seed: int = 0) -> TinyBundle:
+    import torch
+    from harness import tiny_llama
+
+    from models.data.synth import synthesize
+    from models.sasrec import SASRecConfig
+    from models.train import TrainConfig, train_bundle
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        data = synthesize(users=120, items=200, seed=seed)
+        data_dir = data.save(root / "data")
+        base = tiny_llama(root / "llama", data.items["title"].astype(str).tolist())
+        cfg = TrainConfig(base_model=base, title_encoders=("lstm",), lstm_steps=40, lora_steps=2, lora_batch_size=2,
+                          lora_max_length=192, max_history=3, max_val_events=24, max_new_tokens=6, gen_batch_size=24,
+                          seed=seed, sasrec=SASRecConfig(dim=32, epochs=8, patience=3))
+        bundle = train_bundle(data, cfg, root / "bundle", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return TinyBundle(bundle.folder, data_dir, data)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> TinyBundle:
+    return train_tiny_bundle(tmp_path_factory.mktemp("tiny-bundle"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 
 def event(kind: str, i: int, user: str, item: str = "i1", ts: float | None = None) -> dict:
@@ -35,3 +36,33 @@ def read_topic(bootstrap: str, topic: str, timeout_ms: int = 3000) -> list:
 
 def dumps(obj: object) -> bytes:
     return json.dumps(obj).encode()
+
+
+def tiny_llama(folder: Path, titles: list[str]) -> Path:
+    """A 2-layer random Llama with a byte-level BPE trained on the prompt words and titles
+    (the construction of tests/models/llm/conftest.py, with a shop's vocabulary)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from models.llm.prompts import HistoryEvent, prompt_body
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<pad>", "<unk>", "<s>", "</s>"],
+                                  show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    sample = [HistoryEvent("purchase", t, "tops", "navy", "cos") for t in titles[:20]]
+    backend.train_from_iterator([prompt_body(sample, "title"), prompt_body(sample, "category"),
+                                 *titles], trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>",
+                                  bos_token="<s>", eos_token="</s>")
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=2048, initializer_range=0.2,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

@@ -210,3 +210,48 @@ def _adapter_base(adapter_dir: Path) -> Path:
         raise FileNotFoundError(f"adapter {adapter_dir} names base model {base!r}, which is not "
                                 "a local model folder; pass the base path and adapter= explicitly")
     return Path(base)
+
+
+@dataclass
+class GenerationTotals:
+    """Running totals over many batches: what generation cost and how often it was malformed."""
+
+    n: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    malformed: int = 0
+
+    def add(self, result: GenerationResult) -> None:
+        self.n += len(result.texts)
+        self.tokens += result.tokens_generated
+        self.seconds += result.seconds
+        self.malformed += result.n_malformed
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def malformed_rate(self) -> float:
+        return self.malformed / self.n if self.n else 0.0
+
+
+def generate_in_batches(generator: Any, prompts: Sequence[str], max_new_tokens: int, batch_size: int,
+                        totals: GenerationTotals | None = None, progress: Any = None) -> list[str]:
+    """Greedy answers for many prompts, batched by similar length (less padding); order kept.
+
+    ``generator`` is a :class:`Generator` or an ONNX ``OnnxGenerator``; ``progress`` is an
+    optional tqdm-like bar advanced per batch.
+    """
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out = [""] * len(prompts)
+    for lo in range(0, len(order), max(1, batch_size)):
+        batch = order[lo:lo + max(1, batch_size)]
+        result = generator.generate([prompts[i] for i in batch], max_new_tokens=max_new_tokens)
+        for i, text in zip(batch, result.texts, strict=True):
+            out[i] = text
+        if totals is not None:
+            totals.add(result)
+        if progress is not None:
+            progress.update(len(batch))
+    return out

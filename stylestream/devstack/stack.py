@@ -1,4 +1,5 @@
-"""Start and stop everything one machine needs: broker, topics, stream workers, Milvus Lite, Ray.
+"""Start and stop everything one machine needs: broker, topics, stream workers, Milvus Lite,
+Ray and the Serve application.
 
 External services named by ``KAFKA_BOOTSTRAP_SERVERS`` / ``MILVUS_URI`` are used as
 they are and nothing is started for them. Everything started here is a child of
@@ -18,10 +19,15 @@ from typing import Any
 
 from stylestream.config import Settings
 from stylestream.devstack.broker import EmbeddedBroker
+from stylestream.devstack.milvus import EmbeddedMilvus, running_endpoint
 from stylestream.devstack.processes import free_port, spawn, stop, wait_until
 from stylestream.topics import ensure_topics
 
 log = logging.getLogger(__name__)
+
+
+class RayStartError(RuntimeError):
+    """Local Ray could not be started."""
 
 
 @dataclass
@@ -34,10 +40,7 @@ class Worker:
     worker_id: str
 
     def get(self, path: str, timeout: float = 5.0) -> Any:
-        import json
-
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}{path}", timeout=timeout) as r:
-            return json.loads(r.read())
+        return _get(f"http://127.0.0.1:{self.web_port}{path}", timeout)
 
     def stats(self) -> dict[str, int]:
         """Counters of this worker's life, and ``ready``: partitions assigned and tables recovered."""
@@ -49,8 +52,10 @@ class DevStack:
     settings: Settings
     broker: EmbeddedBroker | None = None
     workers: list[Worker] = field(default_factory=list)
-    milvus: Any = None
+    milvus: EmbeddedMilvus | None = None
+    milvus_uri: str = ""
     ray_started: bool = False
+    serving_url: str = ""
     workers_started: int = 0
 
     @property
@@ -69,7 +74,12 @@ class DevStack:
         env = dict(os.environ)
         env.update(self.settings.as_env())
         env.update({"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, "STYLESTREAM_WORKER_WEB_PORT": str(web_port),
-                    "STYLESTREAM_DATASET": str(self.settings.dataset_dir), "STYLESTREAM_WORKER_ID": worker_id})
+                    "STYLESTREAM_DATASET": str(self.settings.dataset_dir), "STYLESTREAM_WORKER_ID": worker_id,
+                    "STYLESTREAM_BUNDLE": str(self.settings.bundle_dir)})
+        if self.milvus_uri:
+            env["MILVUS_URI"] = self.milvus_uri
+        if self.serving_url:
+            env["STYLESTREAM_SERVING_URL"] = self.serving_url
         return env
 
     def start_worker(self, timeout: float = 120.0) -> Worker:
@@ -99,28 +109,69 @@ class DevStack:
         stop(worker.proc, signal.SIGKILL if kill else signal.SIGTERM, timeout=30)
         self.workers.remove(worker)
 
-    # -- Milvus and Ray ------------------------------------------------------------------
-    def start_milvus(self) -> Any:
-        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # silence gRPC's fork notices on every child
-        from pymilvus import MilvusClient
+    # -- Milvus, Ray and the Serve application --------------------------------------------
+    def start_milvus(self) -> str:
+        """The Milvus every process shares: ``MILVUS_URI``, an embedded server this home
+        folder already runs, or a new embedded Milvus Lite server. Returns its URI."""
+        home = self.settings.home
+        self.milvus_uri = self.settings.milvus_uri or running_endpoint(home) or ""
+        if not self.milvus_uri:
+            self.milvus = EmbeddedMilvus(home / "milvus" / "data").start()
+            self.milvus_uri = self.milvus.uri
+        log.info("Milvus at %s", self.milvus_uri)
+        return self.milvus_uri
 
-        uri = self.settings.milvus_uri or str(self.settings.home / "milvus.db")
-        self.settings.home.mkdir(parents=True, exist_ok=True)
-        self.milvus = MilvusClient(uri)
-        log.info("Milvus at %s", uri)
-        return self.milvus
+    def start_ray(self, attempts: int = 2) -> None:
+        """Local Ray with its dashboard on 127.0.0.1; a start that hangs is retried once.
 
-    def start_ray(self) -> None:
+        On a busy 2-core machine Ray's head sometimes never comes up (its GCS never writes
+        its port file); a second, fresh attempt has come up every time it was tried.
+        """
         import ray
 
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # dashboard bound to 127.0.0.1 only
-        # On a busy 2-core machine the GCS can take longer than Ray's default 30 s to bind.
-        os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")
-        ray.init(include_dashboard=True, dashboard_host="127.0.0.1",
-                 dashboard_port=self.settings.ray_dashboard_port, configure_logging=False,
-                 log_to_driver=False, namespace="stylestream")
+        os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "60")
+        for attempt in range(1, attempts + 1):
+            try:
+                ray.init(include_dashboard=True, dashboard_host="127.0.0.1",
+                         dashboard_port=self.settings.ray_dashboard_port, configure_logging=False,
+                         log_to_driver=False, namespace="stylestream")
+                break
+            except Exception as exc:  # noqa: BLE001 - Ray raises bare Exception/RuntimeError on start-up
+                ray.shutdown()
+                if attempt == attempts:
+                    raise RayStartError(f"local Ray did not start ({attempts} attempts): {str(exc)[:200]}") from None
+                log.warning("local Ray did not start (%s); retrying once", str(exc)[:120])
         self.ray_started = True
         log.info("local Ray up, dashboard http://127.0.0.1:%d", self.settings.ray_dashboard_port)
+
+    def start_serving(self, bundle_dir: Path | None = None, timeout: float = 600.0) -> str:
+        """Index the bundle in Milvus if needed, then run the Serve application on local Ray;
+        returns the ingress URL (``POST /recommend``)."""
+        from ray import serve
+
+        from indexer.build import build_index
+        from indexer.collection import connect
+        from models.bundle import Bundle
+        from serving.app import APP_NAME, build_app
+
+        bundle = Bundle.load(bundle_dir or self.settings.bundle_dir)
+        uri = self.milvus_uri or self.start_milvus()
+        client = connect(uri, self.settings.milvus_token)
+        try:
+            build_index(client, bundle, self.settings.milvus_collection, progress=False)
+        finally:
+            client.close()
+        if not self.ray_started:
+            self.start_ray()
+        host, port = self.settings.serve_host, self.settings.serve_port
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(build_app(self.settings, bundle.folder, uri), name=APP_NAME, route_prefix="/",
+                  blocking=False)
+        self.serving_url = f"http://{host}:{port}"
+        wait_until(lambda: _get(self.serving_url + "/healthz")["status"] == "ok", timeout, "the Serve application")
+        log.info("Serve application %s (bundle %s) at %s", APP_NAME, bundle.version, self.serving_url)
+        return self.serving_url
 
     # -- lifecycle -----------------------------------------------------------------------
     def close(self) -> None:
@@ -128,11 +179,15 @@ class DevStack:
             self.stop_worker(worker)
         if self.ray_started:
             import ray
+            from ray import serve
 
+            if self.serving_url:
+                serve.shutdown()
+                self.serving_url = ""
             ray.shutdown()
             self.ray_started = False
         if self.milvus is not None:
-            self.milvus.close()
+            self.milvus.stop()
             self.milvus = None
         if self.broker is not None:
             self.broker.stop()
@@ -143,3 +198,10 @@ class DevStack:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _get(url: str, timeout: float = 5.0) -> Any:
+    import json
+
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())

@@ -13,40 +13,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from harness import tiny_llama
 
 from models.data.synth import synthesize
-from models.evaluate import EvalConfig, event_slices, run_evaluation, tune_llm
-from models.llm.prompts import HistoryEvent, prompt_body
+from models.evaluate import EvalConfig, event_slices, run_evaluation
 from models.metrics import NextItemEvents
 from models.sasrec import SASRecConfig
+from models.train import tune_llm
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def tiny_llama(folder: Path, titles: list[str]) -> Path:
-    """A 2-layer random Llama with a byte-level BPE trained on the prompt words and titles
-    (the construction of tests/models/llm/conftest.py, with this shop's vocabulary)."""
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<pad>", "<unk>", "<s>", "</s>"],
-                                  show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    sample = [HistoryEvent("purchase", t, "tops", "navy", "cos") for t in titles[:20]]
-    backend.train_from_iterator([prompt_body(sample, "title"), prompt_body(sample, "category"),
-                                 *titles], trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>",
-                                  bos_token="<s>", eos_token="</s>")
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=2048, initializer_range=0.2,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture
@@ -95,7 +70,7 @@ def test_evaluate_end_to_end(tmp_path: Path, one_thread: None) -> None:
     assert [e["step"] for e in result.costs["lora_held_out_curve"]] == [0, 1, 2]
 
     # the LoRA run is reusable elsewhere (e.g. trained on a GPU box), but only on its data set
-    run = out / "work" / "lora"
+    run = out / "bundle" / "llm" / "lora"
     adopted = replace(cfg, lora_run=run)
     costs: dict = {}
     tuned = tune_llm(data, adopted, tmp_path / "elsewhere", progress=False, costs=costs)

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from models.mixup import (
+    Fusion,
     IdImputer,
     MixupIndex,
     QueryMemory,
@@ -15,24 +16,74 @@ from models.mixup import (
     mixup_item_vectors,
     mixup_query,
     query_outcomes,
+    rebuy_exclusions,
     unit,
 )
 
 RNG = np.random.default_rng(0)
 
 
+@pytest.mark.parametrize("id_half", ["cosine", "logit"])
 @pytest.mark.parametrize("lam", [0.0, 0.1, 0.37, 0.5, 0.9, 1.0])
-def test_one_inner_product_equals_blended_score(lam):
+def test_one_inner_product_equals_blended_score(lam, id_half):
     titles, ids = RNG.normal(size=(200, 24)), RNG.normal(size=(200, 16)) * 3.0
     text, user = RNG.normal(size=24), RNG.normal(size=16) * 0.1
-    x = mixup_item_vectors(titles, ids, lam).astype(np.float64)
-    q = mixup_query(text, user, lam).astype(np.float64)
-    np.testing.assert_allclose(x @ q, blended_score(text, user, titles, ids, lam), atol=1e-6)
+    fusion = Fusion(lam, id_half, sigma=2.5)
+    x = mixup_item_vectors(titles, ids, id_half).astype(np.float64)
+    q = mixup_query(text, user, fusion).astype(np.float64)
+    np.testing.assert_allclose(x @ q, blended_score(text, user, titles, ids, fusion), atol=1e-5)
 
 
-def test_vectors_are_unit_length_for_any_lambda():
-    x = mixup_item_vectors(RNG.normal(size=(5, 8)), RNG.normal(size=(5, 4)), 0.3)
-    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-6)
+def test_stored_vectors_do_not_depend_on_lambda():
+    """λ lives on the query side: a new λ needs no re-indexing."""
+    titles, ids = RNG.normal(size=(50, 8)), RNG.normal(size=(50, 4))
+    x = mixup_item_vectors(titles, ids, "cosine")
+    np.testing.assert_allclose(np.linalg.norm(x[:, :8], axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(x[:, 8:], axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(mixup_item_vectors(titles, ids, "logit")[:, 8:], ids, atol=1e-6)
+
+
+def test_logit_half_at_lambda_zero_ranks_exactly_as_sasrec():
+    titles, e = RNG.normal(size=(500, 24)), RNG.normal(size=(500, 16)) * RNG.uniform(0.2, 3.0, size=(500, 1))
+    text, u = RNG.normal(size=24), RNG.normal(size=16)
+    scores = MixupIndex.build([f"i{j}" for j in range(500)], titles, e, "logit").scores(
+        mixup_query(text, u, Fusion(0.0, "logit", sigma=3.7)))
+    assert np.argsort(-scores, kind="stable").tolist() == np.argsort(-(e @ u), kind="stable").tolist()
+    cosine = MixupIndex.build([f"i{j}" for j in range(500)], titles, e, "cosine").scores(
+        mixup_query(text, u, Fusion(0.0)))
+    assert np.argsort(-cosine)[:10].tolist() != np.argsort(-(e @ u))[:10].tolist(), "the cosine drops the norms"
+
+
+def test_lambda_one_ranks_by_title_only():
+    titles, e = RNG.normal(size=(300, 24)), RNG.normal(size=(300, 16))
+    text, u = RNG.normal(size=24), RNG.normal(size=16)
+    for half in ("cosine", "logit"):
+        s = MixupIndex.build([f"i{j}" for j in range(300)], titles, e, half).scores(
+            mixup_query(text, u, Fusion(1.0, half)))
+        assert np.argsort(-s).tolist() == np.argsort(-(unit(titles) @ unit(text))).tolist()
+
+
+def test_fusion_checks_and_round_trips():
+    f = Fusion(0.3, "logit", 2.0, 0.9)
+    assert Fusion.from_json(f.to_json()) == f and f.with_lambda(0.7).lam == 0.7
+    for bad in (dict(lam=1.5), dict(lam=0.5, id_half="dot"), dict(lam=0.5, sigma=0.0)):
+        with pytest.raises(ValueError):
+            Fusion(**bad)
+
+
+def test_rebuy_rule_keeps_only_bought_items_the_text_names():
+    bought = [["a", "b"], ["c"], []]
+    sims = {(0, "a"): 0.95, (0, "b"): 0.2, (1, "c"): 0.5}
+    assert rebuy_exclusions(bought, lambda r, i: sims[(r, i)], None) == [[], [], []]
+    assert rebuy_exclusions(bought, lambda r, i: sims[(r, i)], 0.9) == [["b"], ["c"], []]
+    assert rebuy_exclusions(bought, lambda r, i: sims[(r, i)], 2.0) == [["a", "b"], ["c"], []]
+
+
+def test_index_never_returns_unavailable_items():
+    x = np.eye(4, dtype=np.float32)
+    idx = MixupIndex(["a", "b", "c", "d"], x, available=np.array([True, False, True, True]))
+    hits = idx.search(np.array([0.1, 1.0, 0.5, 0.2], np.float32), k=4)
+    assert [h.item_id for h in hits] == ["c", "d", "a"]
 
 
 def test_batch_query_and_missing_half():
@@ -47,7 +98,7 @@ def test_batch_query_and_missing_half():
 
 def test_index_top_k_equals_brute_force_and_excludes():
     ids = [f"i{j}" for j in range(300)]
-    idx = MixupIndex.build(ids, RNG.normal(size=(300, 16)), RNG.normal(size=(300, 8)), 0.4)
+    idx = MixupIndex.build(ids, RNG.normal(size=(300, 16)), RNG.normal(size=(300, 8)))
     queries = mixup_query(RNG.normal(size=(4, 16)), RNG.normal(size=(4, 8)), 0.4)
     results = idx.search(queries, k=10)
     for q, hits in zip(queries, results, strict=True):

@@ -1,0 +1,169 @@
+"""The Milvus collection of mix-up item vectors, and the alias readers search through.
+
+One row per catalog item: ``item_id`` (primary key), ``vector`` = x_i = [t̂_i ; e_i]
+(λ-free: the fusion weights live on the query side, :mod:`models.mixup`), ``title``,
+``category``, ``in_stock``, ``imputed``, ``bundle_version`` and ``ts`` (the catalog time
+of the row's last update). Each bundle gets a collection of its own, named after its
+version; the alias (``STYLESTREAM_MILVUS_COLLECTION``) is switched to a collection only
+once it is complete and loaded, so readers never see a half-built index. A Retriever
+searches its own bundle's collection, so during a rollout old and new replicas each
+search the vectors their models made.
+
+The same code runs against Milvus Lite's server (the embedded default), a Milvus server
+from PyPI and a Milvus cluster: everything goes through ``MilvusClient``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+TITLE_MAX = 1024
+CATEGORY_MAX = 256
+ID_MAX = 256
+OUTPUT_FIELDS = ["item_id", "title", "category"]
+FLAT_BELOW = 20_000  # smaller catalogs are searched exactly: as fast, and no recall loss
+HNSW_PARAMS = {"M": 16, "efConstruction": 200}
+
+
+def connect(uri: str, token: str = "") -> Any:
+    """A MilvusClient for ``uri`` (``http://host:port`` of a server or the embedded one)."""
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # gRPC's fork notices flood every child's log
+    from pymilvus import MilvusClient
+
+    return MilvusClient(uri=uri, token=token) if token else MilvusClient(uri=uri)
+
+
+def collection_name(alias: str, version: str) -> str:
+    """The collection of one bundle version (Milvus names: letters, digits, underscores)."""
+    return f"{alias}__{re.sub(r'[^0-9A-Za-z_]', '_', version)}"
+
+
+def index_type(n_items: int, wanted: str = "auto") -> str:
+    return wanted if wanted != "auto" else ("FLAT" if n_items < FLAT_BELOW else "HNSW")
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    item_id: str
+    score: float
+    title: str
+
+
+class ItemCollection:
+    """One collection of item vectors (or the alias pointing at one): search and fetch."""
+
+    def __init__(self, client: Any, name: str):
+        self.client = client
+        self.name = name
+
+    # -- creating and filling -------------------------------------------------------------
+    def create(self, dim: int, index: str = "FLAT") -> ItemCollection:
+        from pymilvus import DataType
+
+        schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("item_id", DataType.VARCHAR, is_primary=True, max_length=ID_MAX)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+        schema.add_field("title", DataType.VARCHAR, max_length=TITLE_MAX)
+        schema.add_field("category", DataType.VARCHAR, max_length=CATEGORY_MAX)
+        schema.add_field("in_stock", DataType.BOOL)
+        schema.add_field("imputed", DataType.BOOL)
+        schema.add_field("bundle_version", DataType.VARCHAR, max_length=64)
+        schema.add_field("ts", DataType.DOUBLE)
+        params = self.client.prepare_index_params()
+        params.add_index(field_name="vector", index_type=index, metric_type="IP",
+                         params=HNSW_PARAMS if index == "HNSW" else {})
+        self.client.create_collection(self.name, schema=schema, index_params=params)
+        return self
+
+    def upsert(self, rows: Sequence[dict[str, Any]]) -> int:
+        return int(self.client.upsert(self.name, list(rows)).get("upsert_count", len(rows)))
+
+    def insert(self, rows: Sequence[dict[str, Any]]) -> int:
+        return int(self.client.insert(self.name, list(rows)).get("insert_count", len(rows)))
+
+    def finish(self) -> None:
+        """Flush the buffered rows and load the collection for search."""
+        self.client.flush(self.name)
+        self.client.load_collection(self.name)
+
+    def count(self) -> int:
+        return int(self.client.query(self.name, filter="", output_fields=["count(*)"])[0]["count(*)"])
+
+    # -- reading --------------------------------------------------------------------------
+    def search(self, queries: np.ndarray, k: int, exclude: Sequence[Sequence[str]] | None = None,
+               ef: int = 128) -> list[list[SearchHit]]:
+        """The ``k`` best in-stock items per query, ``exclude[r]`` left out of row ``r``.
+
+        One search call for the whole batch: each row's own exclusions are applied to a
+        result over-fetched by the longest exclusion list, so every row still gets ``k``.
+        """
+        q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        exclude = exclude or [[] for _ in range(len(q))]
+        limit = k + max((len(e) for e in exclude), default=0)
+        found = self.client.search(self.name, data=[row.tolist() for row in q], limit=limit,
+                                   filter="in_stock == true", output_fields=OUTPUT_FIELDS,
+                                   search_params={"params": {"ef": max(ef, limit)}})
+        out = []
+        for hits, skip in zip(found, exclude, strict=True):
+            skip = set(skip)
+            rows = [SearchHit(h["entity"]["item_id"], float(h["distance"]), h["entity"].get("title") or "")
+                    for h in hits if h["entity"]["item_id"] not in skip]
+            out.append(rows[:k])
+        return out
+
+    def vectors(self, item_ids: Iterable[str]) -> dict[str, np.ndarray]:
+        """Stored vectors of the given items (missing items are absent from the answer)."""
+        ids = list(dict.fromkeys(str(i) for i in item_ids))
+        if not ids:
+            return {}
+        rows = self.client.get(self.name, ids=ids, output_fields=["item_id", "vector"])
+        return {r["item_id"]: np.asarray(r["vector"], dtype=np.float32) for r in rows}
+
+
+# -- aliases -------------------------------------------------------------------------------
+
+
+def alias_target(client: Any, alias: str) -> str | None:
+    """The collection ``alias`` points at, or None."""
+    quiet = logging.getLogger("pymilvus.decorators")  # it logs a traceback for "no such alias"
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        return client.describe_alias(alias).get("collection_name")
+    except Exception:  # noqa: BLE001 - pymilvus raises its own error types for "no such alias"
+        return None
+    finally:
+        quiet.setLevel(level)
+
+
+def switch_alias(client: Any, alias: str, name: str) -> str | None:
+    """Point ``alias`` at ``name`` in one call; returns the collection it pointed at before."""
+    before = alias_target(client, alias)
+    if before == name:
+        return before
+    if before is None:
+        client.create_alias(name, alias)
+    else:
+        client.alter_alias(name, alias)
+    log.info("alias %s -> %s (was %s)", alias, name, before)
+    return before
+
+
+def wait_loaded(client: Any, name: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = str(client.get_load_state(name).get("state", ""))
+        if "Loaded" in state:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"Milvus collection {name} did not load within {timeout:.0f} s")

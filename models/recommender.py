@@ -1,0 +1,229 @@
+"""The one place a recommendation is computed: history → prompt → generated text →
+query vector → ranked items, from one model bundle.
+
+Evaluation ranks the whole catalog with it; the Ray Serve Generator runs its first stage
+and the Retriever its second, with Milvus doing the search over the same stored vectors;
+the stream's fast path takes its ID-only answer. Offline figures and live answers
+therefore cannot drift apart. Nothing here knows Kafka, Ray or Milvus.
+
+The stages, each batched:
+
+1. :meth:`MixupRecommender.generate`: the LoRA-tuned LLM writes the next item's title.
+2. :meth:`MixupRecommender.queries`: the title encoder embeds that text, SASRec gives the
+   shopper's state, and the bundle's fusion makes one mix-up query vector of them;
+   :meth:`MixupRecommender.exclusions` lists bought items to leave out (unless the text
+   names them: a predicted re-buy).
+3. :meth:`MixupRecommender.search`: one inner-product search over the stored item vectors,
+   out-of-stock items never answered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from models.bundle import Bundle
+from models.mixup import Fusion, Hit, MixupIndex, mixup_query, rebuy_exclusions
+
+LLM_PATH = "llm"
+ID_ONLY_PATH = "id-only"
+
+
+@dataclass(frozen=True)
+class History:
+    """A shopper's events in time order, as the live sequence table holds them."""
+
+    item_ids: tuple[str, ...]
+    kinds: tuple[str, ...]
+
+    @classmethod
+    def of(cls, item_ids: Sequence[str], kinds: Sequence[str] | None = None) -> History:
+        kinds = kinds if kinds is not None else ["purchase"] * len(item_ids)
+        if len(kinds) != len(item_ids):
+            raise ValueError(f"{len(item_ids)} items but {len(kinds)} kinds")
+        return cls(tuple(str(i) for i in item_ids), tuple(str(k) for k in kinds))
+
+    def bought(self) -> list[str]:
+        """Purchased items, each once, oldest first."""
+        return list(dict.fromkeys(i for i, k in zip(self.item_ids, self.kinds, strict=True)
+                                  if k == "purchase"))
+
+    def recent(self, n: int) -> History:
+        return History(self.item_ids[-n:], self.kinds[-n:])
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """One answer: the ranked items, the text that grounded them, and which path answered."""
+
+    items: list[Hit]
+    generated_text: str
+    path: str
+
+
+class MixupRecommender:
+    """The bundle's recommender; ``encoder`` picks one of its title encoders (default: the
+    one chosen on validation) and ``fusion`` overrides the validated blend (ablations)."""
+
+    def __init__(self, bundle: Bundle, encoder: str | None = None, *, fusion: Fusion | None = None,
+                 engine: str = "onnx", device: str = "auto", generator: Any = None,
+                 window: int | None = None):
+        self.bundle = bundle
+        self.encoder_name = encoder or bundle.chosen_encoder
+        self.fusion = fusion or bundle.fusion(self.encoder_name)
+        self.engine, self.device = engine, device
+        self._generator = generator
+        self._window = window
+        self._index: MixupIndex | None = None
+        self._catalog: dict[str, Any] | None = None
+
+    # Each stage loads only what it uses: the Generator deployment never loads the item
+    # vectors, the Retriever never loads the LLM.
+    @property
+    def index(self) -> MixupIndex:
+        if self._index is None:
+            items = self.bundle.items()
+            available = items["in_stock"].to_numpy(bool) if "in_stock" in items else None
+            self._index = MixupIndex(self.item_ids, self.bundle.item_vectors(self.encoder_name), available)
+        return self._index
+
+    @property
+    def item_ids(self) -> list[str]:
+        return self.bundle.items()["item_id"].astype(str).tolist()
+
+    @property
+    def encoder(self) -> Any:
+        return self.bundle.title_encoder(self.encoder_name)
+
+    @property
+    def text_dim(self) -> int:
+        return int(self.bundle.manifest["encoders"][self.encoder_name]["dim"])
+
+    @property
+    def sasrec(self) -> Any:
+        return self.bundle.sasrec()
+
+    @property
+    def window(self) -> int:
+        """History events SASRec reads: the live sequence table's length."""
+        return self._window or self.sasrec.cfg.max_len
+
+    # -- stage 1: the LLM writes the next item's text (the Generator deployment) ------------
+    @property
+    def generator(self) -> Any:
+        if self._generator is None:
+            self._generator = self.bundle.generator(self.engine, self.device)
+        return self._generator
+
+    def prompts(self, histories: Sequence[History]) -> list[str]:
+        """The title-task prompt for each history's newest ``max_history`` events."""
+        from models.llm.prompts import _catalog
+
+        if self._catalog is None:
+            self._catalog = _catalog(self.bundle.items())
+        return history_prompts(histories, self._catalog, self.generator.tokenizer, self.bundle.max_history)
+
+    def generate(self, histories: Sequence[History], batch_size: int = 16, totals: Any = None,
+                 progress: Any = None) -> list[str]:
+        """Greedy next-item text for each history (batched by prompt length)."""
+        from models.llm.generate import generate_in_batches
+
+        return generate_in_batches(self.generator, self.prompts(histories), self.bundle.max_new_tokens,
+                                   batch_size, totals, progress)
+
+    # -- stage 2: the mix-up query (the Retriever deployment) -------------------------------
+    def text_vectors(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit text embeddings; an empty text gets a zero row (no text evidence)."""
+        return embed_texts(self.encoder, texts)
+
+    def user_states(self, histories: Sequence[History]) -> np.ndarray:
+        """SASRec's state after each history's newest ``window`` events."""
+        return user_states(self.sasrec, histories, self.window)
+
+    def queries(self, text_vecs: np.ndarray | None, states: np.ndarray, fusion: Fusion | None = None
+                ) -> np.ndarray:
+        """One mix-up query vector per row; ``text_vecs=None`` is the ID-only query."""
+        return mixup_query(text_vecs, states, fusion or self.fusion, text_dim=self.text_dim)
+
+    def exclusions(self, histories: Sequence[History], text_vecs: np.ndarray | None,
+                   stored: Mapping[str, np.ndarray], fusion: Fusion | None = None) -> list[list[str]]:
+        """Bought items to leave out of each answer, unless the text names them (a re-buy).
+
+        ``stored`` maps item ids to their stored vectors (the search index's copy: the
+        in-process index here, Milvus in serving); the title half is its first
+        ``text_dim`` entries. Bought items missing from ``stored`` cannot be answered anyway.
+        """
+        bought = [[i for i in h.bought() if i in stored] for h in histories]
+        t = (np.zeros((len(histories), self.text_dim), np.float32) if text_vecs is None
+             else np.asarray(text_vecs, np.float32))
+
+        def text_sim(r: int, item: str) -> float:
+            return float(t[r] @ np.asarray(stored[item][:self.text_dim], np.float32))
+
+        return rebuy_exclusions(bought, text_sim, (fusion or self.fusion).rebuy_threshold)
+
+    # -- stage 3: the search (Milvus in serving; exact and in process here) -----------------
+    def stored_vectors(self, item_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        return {i: self.index.vectors[self.index.index[i]] for i in item_ids if i in self.index.index}
+
+    def search(self, queries: np.ndarray, exclude: Sequence[Sequence[str]], k: int) -> list[list[Hit]]:
+        return self.index.search(np.atleast_2d(queries), k=k, exclude=list(exclude))
+
+    def scores(self, queries: np.ndarray, exclude: Sequence[Sequence[str]]) -> np.ndarray:
+        """Whole-catalog scores [n, items], catalog order; excluded and unavailable items
+        get -inf (they can never be answered, so evaluation must not count them either)."""
+        s = np.atleast_2d(self.index.scores(queries)).astype(np.float64)
+        s[:, ~self.index.available] = -np.inf
+        for r, ids in enumerate(exclude):
+            s[r, [self.index.index[i] for i in ids if i in self.index.index]] = -np.inf
+        return s
+
+    # -- the whole path -------------------------------------------------------------------
+    def recommend(self, histories: Sequence[History], k: int = 10,
+                  texts: Sequence[str] | None = None) -> list[Ranked]:
+        """LLM text (generated here unless given) + ID state → one search per shopper."""
+        texts = list(texts) if texts is not None else self.generate(histories)
+        text_vecs = self.text_vectors(texts)
+        q = self.queries(text_vecs, self.user_states(histories))
+        exclude = self.exclusions(histories, text_vecs, self.stored_vectors(_bought(histories)))
+        return [Ranked(hits, text, LLM_PATH)
+                for hits, text in zip(self.search(q, exclude, k), texts, strict=True)]
+
+    def recommend_id_only(self, histories: Sequence[History], k: int = 10) -> list[Ranked]:
+        """The fast path with no LLM: the same search at λ = 0 (the stream's fallback)."""
+        fusion = self.fusion.with_lambda(0.0)
+        q = self.queries(None, self.user_states(histories), fusion)
+        exclude = self.exclusions(histories, None, self.stored_vectors(_bought(histories)), fusion)
+        return [Ranked(hits, "", ID_ONLY_PATH) for hits in self.search(q, exclude, k)]
+
+
+def history_prompts(histories: Sequence[History], catalog: Mapping[str, Any], tokenizer: Any,
+                    max_history: int) -> list[str]:
+    """The title-task prompt of each history's newest ``max_history`` events (as trained)."""
+    from models.llm.prompts import events_for, render_prompt
+
+    return [render_prompt(events_for(h.item_ids[-max_history:], h.kinds[-max_history:], catalog), "title",
+                          tokenizer, max_history) for h in histories]
+
+
+def embed_texts(encoder: Any, texts: Sequence[str]) -> np.ndarray:
+    """Unit text embeddings [n, dim]; an empty text gets a zero row (no text evidence)."""
+    texts = [str(t).strip() for t in texts]
+    out = np.zeros((len(texts), int(encoder.dim)), np.float32)
+    have = [i for i, t in enumerate(texts) if t]
+    if have:
+        out[have] = encoder.encode([texts[i] for i in have])
+    return out
+
+
+def user_states(sasrec: Any, histories: Sequence[History], window: int) -> np.ndarray:
+    """SASRec's state u after each history's newest ``window`` events."""
+    recent = [h.recent(window) for h in histories]
+    return sasrec.user_states([list(h.item_ids) for h in recent], [list(h.kinds) for h in recent])
+
+
+def _bought(histories: Sequence[History]) -> list[str]:
+    return list(dict.fromkeys(i for h in histories for i in h.bought()))

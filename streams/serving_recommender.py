@@ -1,0 +1,86 @@
+"""The LLM path as the stream sees it: Ray Serve's ``POST /recommend`` with a deadline.
+
+The stream must never wait on the LLM. A worker keeps at most ``max_in_flight``
+requests open; an answer later than the deadline, an error, or a full set of open
+requests makes the ID-only fast path answer instead (in milliseconds, in process), and
+the record on ``recs.out`` says which path answered. When the Generator is saturated
+the event rate holds and the share of ``llm`` answers drops: :class:`ServingStats`
+counts both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from stylestream.recommender import Recommender, RecommendRequest, RecommendResult
+from stylestream.records import RecItem
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServingStats:
+    llm: int = 0
+    fallback: Counter[str] = field(default_factory=Counter)  # reason -> count
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"llm": self.llm, "fallback": dict(self.fallback)}
+
+
+class ServingRecommender:
+    """:class:`~stylestream.recommender.Recommender` over the Serve ingress, with a fallback."""
+
+    def __init__(self, url: str, fallback: Recommender, timeout_s: float = 4.0, max_in_flight: int = 8,
+                 max_history: int = 200):
+        self.url = url.rstrip("/") + "/recommend"
+        self.fallback = fallback
+        self.model_version = fallback.model_version
+        self.timeout_s, self.max_in_flight, self.max_history = timeout_s, max_in_flight, max_history
+        self.in_flight = 0
+        self.stats = ServingStats()
+        self._session: aiohttp.ClientSession | None = None
+
+    async def recommend(self, request: RecommendRequest) -> RecommendResult:
+        if self.in_flight >= self.max_in_flight:
+            return await self._fall_back(request, "overload")
+        self.in_flight += 1
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                data = await self._post(request)
+        except TimeoutError:
+            return await self._fall_back(request, "timeout")
+        except (aiohttp.ClientError, ValueError, KeyError) as exc:
+            log.debug("LLM path failed: %s", exc)
+            return await self._fall_back(request, "error")
+        finally:
+            self.in_flight -= 1
+        self.stats.llm += 1
+        return RecommendResult(items=[RecItem(**item) for item in data["items"]],
+                               generated_text=data["generated_text"], path=data["path"],
+                               model_version=data["model_version"])
+
+    async def _post(self, request: RecommendRequest) -> dict[str, Any]:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self.max_in_flight))
+        body = {"user_id": request.user_id, "k": request.k,
+                "history": [{"item_id": h.item_id, "kind": h.kind, "ts": h.ts}
+                            for h in request.history[-self.max_history:]]}
+        async with self._session.post(self.url, json=body) as resp:
+            if resp.status != 200:
+                raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status,
+                                                  message=(await resp.text())[:200])
+            return await resp.json()
+
+    async def _fall_back(self, request: RecommendRequest, reason: str) -> RecommendResult:
+        self.stats.fallback[reason] += 1
+        return await self.fallback.recommend(request)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()

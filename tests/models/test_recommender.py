@@ -1,0 +1,104 @@
+"""The one place a recommendation is computed, on a real (tiny) bundle: its stages agree
+with each other, with the bundle's stored choices and with the whole-catalog scores that
+evaluation ranks; the bundle refuses what it cannot serve."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.bundle import MANIFEST, Bundle, BundleError
+from models.mixup import Fusion
+from models.recommender import ID_ONLY_PATH, LLM_PATH, History, MixupRecommender
+from models.train import ALWAYS_EXCLUDE
+
+pytestmark = pytest.mark.slow  # the session's tiny bundle takes ~15 s to train
+
+
+def histories(bundle: Bundle, n: int = 6) -> list[History]:
+    items = bundle.items()["item_id"].tolist()
+    return [History.of(items[3 * r:3 * r + 4], ["click", "purchase", "click", "purchase"]) for r in range(n)]
+
+
+def test_bundle_holds_every_part_and_its_choices(tiny_bundle):
+    bundle = Bundle.load(tiny_bundle.folder)
+    assert bundle.version.startswith("bundle-") and bundle.data_hash == tiny_bundle.dataset.data_hash()
+    assert bundle.encoders == ["lstm"] and bundle.chosen_encoder == "lstm"
+    assert len(bundle.items()) == len(tiny_bundle.dataset.items) and bundle.items()["in_stock"].all()
+    vectors = bundle.item_vectors()
+    assert vectors.shape == (len(bundle.items()), bundle.manifest["encoders"]["lstm"]["dim"] + 32)
+    choice = bundle.manifest["encoders"]["lstm"]
+    assert 0.0 <= choice["fusion"]["lam"] <= 1.0 and choice["val_recall@10"] >= 0
+    assert (tiny_bundle.folder / "llm" / "onnx" / "model.onnx").is_file()
+    assert (tiny_bundle.folder / "llm" / "merged" / "config.json").is_file()
+    assert len(bundle.validation()["texts"]) == bundle.manifest["validation"]["n_events"]
+
+
+def test_recommend_is_the_top_of_the_whole_catalog_scores(tiny_bundle):
+    rec = MixupRecommender(Bundle.load(tiny_bundle.folder))
+    hist = histories(rec.bundle)
+    answers = rec.recommend(hist, k=10)
+    texts = [a.generated_text for a in answers]
+    vecs = rec.text_vectors(texts)
+    q = rec.queries(vecs, rec.user_states(hist))
+    scores = rec.scores(q, rec.exclusions(hist, vecs, rec.stored_vectors([i for h in hist for i in h.bought()])))
+    for answer, row in zip(answers, scores, strict=True):
+        assert answer.path == LLM_PATH and len(answer.items) == 10
+        assert [h.item_id for h in answer.items] == [rec.item_ids[j] for j in np.argsort(-row, kind="stable")[:10]]
+    again = rec.recommend(hist, k=10, texts=texts)
+    assert [[h.item_id for h in a.items] for a in again] == [[h.item_id for h in a.items] for a in answers]
+
+
+def test_id_only_is_the_same_search_at_lambda_zero(tiny_bundle):
+    bundle = Bundle.load(tiny_bundle.folder)
+    rec = MixupRecommender(bundle, fusion=bundle.fusion().with_lambda(0.0))
+    hist = histories(bundle)
+    fast = rec.recommend_id_only(hist, k=5)
+    slow = rec.recommend(hist, k=5, texts=["anything at all"] * len(hist))
+    assert all(a.path == ID_ONLY_PATH and not a.generated_text for a in fast)
+    for a, b in zip(fast, slow, strict=True):
+        if rec.fusion.rebuy_threshold is None:  # with a re-buy rule the text can still bring items back
+            assert [h.item_id for h in a.items] == [h.item_id for h in b.items]
+
+
+def test_bought_items_are_left_out_unless_the_text_names_them(tiny_bundle):
+    bundle = Bundle.load(tiny_bundle.folder)
+    rec = MixupRecommender(bundle, fusion=bundle.fusion().with_lambda(0.5))
+    titles = dict(zip(rec.item_ids, bundle.items()["title"], strict=True))
+    hist = histories(bundle)
+    f = rec.fusion
+    strict = MixupRecommender(bundle, fusion=Fusion(0.5, f.id_half, f.sigma, ALWAYS_EXCLUDE))
+    for answer, h in zip(strict.recommend(hist, k=20, texts=[""] * len(hist)), hist, strict=True):
+        assert not set(h.bought()) & {i.item_id for i in answer.items}
+    named = MixupRecommender(bundle, fusion=Fusion(0.5, f.id_half, f.sigma, 0.9))
+    h = hist[0]
+    exclude = named.exclusions([h], named.text_vectors([titles[h.bought()[0]]]),
+                               named.stored_vectors(h.bought()))[0]
+    assert h.bought()[0] not in exclude, "a text naming the bought item predicts a re-buy"
+    assert set(exclude) <= set(h.bought())
+
+
+def test_generator_stage_alone_loads_no_item_vectors(tiny_bundle):
+    rec = MixupRecommender(Bundle.load(tiny_bundle.folder), engine="onnx", device="cpu")
+    texts = rec.generate(histories(rec.bundle, 3))
+    assert len(texts) == 3 and rec._index is None
+
+
+def test_bundle_refuses_what_it_cannot_serve(tiny_bundle, tmp_path: Path):
+    with pytest.raises(BundleError, match="not a model bundle"):
+        Bundle.load(tmp_path)
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_bundle.folder, broken, ignore=shutil.ignore_patterns("*.onnx", "merged", "onnx"))
+    (broken / "vectors" / "lstm.npy").unlink()
+    with pytest.raises(BundleError, match="incomplete bundle"):
+        Bundle.load(broken)
+    manifest = json.loads((tiny_bundle.folder / MANIFEST).read_text())
+    (broken / MANIFEST).write_text(json.dumps({**manifest, "format": 99}))
+    with pytest.raises(BundleError, match="format 99"):
+        Bundle.load(broken)
+    with pytest.raises(BundleError, match="trained on data"):
+        Bundle.load(tiny_bundle.folder).require_data("0000")
