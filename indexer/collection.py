@@ -35,12 +35,19 @@ FLAT_BELOW = 20_000  # smaller catalogs are searched exactly: as fast, and no re
 HNSW_PARAMS = {"M": 16, "efConstruction": 200}
 
 
+# pymilvus pings an idle connection every 10 s; a stock gRPC server (Milvus Lite's) allows
+# one ping per 5 minutes without calls and answers more with GOAWAY "too_many_pings", which
+# kills the channel. Ping no more often than the server allows.
+KEEPALIVE = {"grpc.keepalive_time_ms": 330_000, "grpc.keepalive_permit_without_calls": False}
+
+
 def connect(uri: str, token: str = "") -> Any:
     """A MilvusClient for ``uri`` (``http://host:port`` of a server or the embedded one)."""
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # gRPC's fork notices flood every child's log
     from pymilvus import MilvusClient
 
-    return MilvusClient(uri=uri, token=token) if token else MilvusClient(uri=uri)
+    extra = {"token": token} if token else {}
+    return MilvusClient(uri=uri, grpc_options=dict(KEEPALIVE), **extra)
 
 
 def collection_name(alias: str, version: str) -> str:

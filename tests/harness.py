@@ -66,3 +66,30 @@ def tiny_llama(folder: Path, titles: list[str]) -> Path:
     LlamaForCausalLM(cfg).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+class TopicWatch:
+    """Every record of some topics as it arrives, decoded, read by one long-lived consumer
+    (cheaper and steadier than a fresh consumer per check)."""
+
+    def __init__(self, bootstrap: str, *topics: str):
+        import threading
+
+        from kafka import KafkaConsumer
+
+        self.records: list[dict] = []
+        self._stop = threading.Event()
+        self._consumer = KafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                       enable_auto_commit=False)
+        self._thread = threading.Thread(target=self._run, daemon=True, name="topic-watch")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for batch in self._consumer.poll(timeout_ms=200).values():
+                self.records.extend(json.loads(m.value) for m in batch)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._consumer.close()

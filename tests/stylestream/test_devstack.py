@@ -72,21 +72,31 @@ def test_external_kafka_means_nothing_is_started(tmp_path):
         admin.close()
 
 
-def test_milvus_lite_and_local_ray(tmp_path):
+def test_embedded_milvus_is_shared_by_uri_and_local_ray_starts(tmp_path):
     import ray
+
+    from indexer.collection import connect
+    from stylestream.devstack.milvus import running_endpoint
 
     settings = Settings.from_env({"STYLESTREAM_HOME": str(tmp_path)}, ray_dashboard_port=0)
     with DevStack(settings) as stack:
-        client = stack.start_milvus()
-        client.create_collection("smoke", dimension=4)
-        client.insert("smoke", [{"id": 1, "vector": [1.0, 0, 0, 0]}, {"id": 2, "vector": [0, 1.0, 0, 0]}])
-        client.flush("smoke")
-        hits = client.search("smoke", data=[[0.9, 0.1, 0, 0]], limit=1)
-        assert hits[0][0]["id"] == 1
         stack.start_ray()
         assert ray.get(ray.remote(lambda: 41 + 1).remote()) == 42
+        uri = stack.start_milvus()
+        assert uri.startswith("http://127.0.0.1:") and running_endpoint(tmp_path) == uri
+        writer, reader = connect(uri), connect(running_endpoint(tmp_path))  # two clients, one server
+        writer.create_collection("smoke", dimension=4)
+        writer.insert("smoke", [{"id": 1, "vector": [1.0, 0, 0, 0]}, {"id": 2, "vector": [0, 1.0, 0, 0]}])
+        writer.flush("smoke")
+        hits = reader.search("smoke", data=[[0.9, 0.1, 0, 0]], limit=1)
+        assert hits[0][0]["id"] == 1
+        writer.close()
+        reader.close()
+        with DevStack(settings) as other:  # a second stack of the same home reuses the running server
+            assert other.start_milvus() == uri and other.milvus is None
     assert not ray.is_initialized()
-    assert (tmp_path / "milvus.db").exists()
+    assert running_endpoint(tmp_path) is None, "the endpoint file goes with the server"
+    assert (tmp_path / "milvus" / "data").is_dir()
 
 
 @pytest.mark.parametrize("kind", [

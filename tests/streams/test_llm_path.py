@@ -1,0 +1,129 @@
+"""The live LLM path end to end: events on Kafka → Faust worker → Ray Serve (Generator +
+Retriever over Milvus) → recs.out, on the real embedded broker, Milvus Lite server and
+local Ray, with a tiny bundle; and the stream carrying on when a Generator replica dies."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from harness import TopicWatch, dumps, wait_for
+from kafka import KafkaProducer
+
+from models.bundle import Bundle
+from stylestream.config import Settings
+from stylestream.devstack import DevStack
+from stylestream.devstack.processes import free_port
+from stylestream.records import CLICKS, PURCHASES, RECS
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory, tiny_bundle):
+    home = tmp_path_factory.mktemp("llm-path-home")
+    settings = Settings.from_env({"STYLESTREAM_HOME": str(home)}, bundle=tiny_bundle.folder,
+                                 dataset=tiny_bundle.data_dir, serve_port=free_port(), ray_dashboard_port=free_port(),
+                                 trigger_every_clicks=2, trigger_idle_seconds=0, serving_timeout_ms=5000,
+                                 serving_max_in_flight=32,
+                                 gen_min_replicas=1, gen_max_replicas=1)
+    stack = DevStack(settings)
+    try:
+        bootstrap = stack.start_broker()
+        stack.start_milvus()
+        stack.start_serving()
+        worker = stack.start_worker()
+        watch = TopicWatch(bootstrap, RECS)
+        yield stack, bootstrap, worker, watch
+        watch.close()
+    finally:
+        stack.close()
+
+
+def send(bootstrap: str, events: list[tuple[str, dict]]) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    for topic, value in events:
+        producer.send(topic, key=value["user_id"].encode(), value=dumps(value))
+    producer.flush()
+    producer.close()
+
+
+def shopper_events(items: list[str], user: str, n: int, start: int = 0) -> list[tuple[str, dict]]:
+    out = []
+    for i in range(start, start + n):
+        kind = "purchase" if i % 3 == 2 else "click"
+        out.append((PURCHASES if kind == "purchase" else CLICKS,
+                    {"event_id": f"{user}-{i}", "user_id": user, "item_id": items[(hash(user) + 5 * i) % len(items)],
+                     "ts": 1_900_000_000 + i}))
+    return out
+
+
+def test_events_become_llm_recommendations_of_catalog_items(live, tiny_bundle):
+    stack, bootstrap, worker, watch = live
+    bundle = Bundle.load(tiny_bundle.folder)
+    catalog = set(bundle.items()["item_id"])
+    items = sorted(catalog)
+    events = [e for u in range(6) for e in shopper_events(items, f"s{u}", 6)]
+    send(bootstrap, events)
+    wait_for(lambda: worker.stats()["processed"] >= len(events), 60, "the events to be processed")
+    wait_for(lambda: worker.stats()["recs_pending"] == 0 and len(watch.records) >= worker.stats()["recs_published"],
+             60, "every recommendation on recs.out")
+    out = list(watch.records)
+    assert len(out) >= 6
+    llm = [r for r in out if r["path"] == "llm"]
+    assert len(llm) == len(out), (worker.stats()["serving"], [r["path"] for r in out])
+    for r in llm:
+        assert r["model_version"] == bundle.version and "generated_text" in r
+        assert r["items"] and {i["item_id"] for i in r["items"]} <= catalog
+    assert any(r["generated_text"] for r in llm), "the LLM wrote text"
+    assert worker.stats()["serving"]["llm"] == len(llm)
+
+
+def test_a_killed_generator_replica_costs_llm_answers_not_events(live, tiny_bundle):
+    import ray
+
+    stack, bootstrap, worker, watch = live
+    items = sorted(Bundle.load(tiny_bundle.folder).items()["item_id"])
+    before = worker.stats()
+    seen_before = len(watch.records)
+    users = [f"k{u}" for u in range(8)]
+    sent = 0
+    stop = threading.Event()
+
+    def stream() -> None:
+        nonlocal sent
+        i = 0
+        while not stop.is_set() or i < 12:
+            send(bootstrap, [e for u in users for e in shopper_events(items, u, 1, start=i)])
+            sent += len(users)
+            i += 1
+            time.sleep(0.3)
+
+    sender = threading.Thread(target=stream)
+    sender.start()
+    time.sleep(3)
+    replicas = [a for a in ray.util.list_named_actors(all_namespaces=True)
+                if "Generator" in a["name"] and a["name"].startswith("SERVE_REPLICA")]
+    assert replicas, "a Generator replica is running"
+    killed_at = time.time()
+    for a in replicas:
+        ray.kill(ray.get_actor(a["name"], namespace=a["namespace"]), no_restart=True)
+
+    def llm_again() -> bool:
+        return any(r["path"] == "llm" and r["produced_at"] > killed_at + 1 for r in watch.records[seen_before:])
+
+    try:
+        wait_for(llm_again, 180, "LLM answers again once Serve has replaced the replica")
+    finally:
+        stop.set()
+        sender.join(60)
+    wait_for(lambda: worker.stats()["processed"] - before["processed"] >= sent, 60, "every event processed")
+    after = worker.stats()
+    assert after["received"] - before["received"] == sent
+    assert (after["processed"] - before["processed"]) + (after["duplicates"] - before["duplicates"]) \
+        + (after["dead_lettered"] - before["dead_lettered"]) == sent, "no event lost"
+    fresh = watch.records[seen_before:]
+    during = [r for r in fresh if r["produced_at"] > killed_at and r["path"] != "llm"]
+    assert during and all(r["path"] == "id-only" and r["items"] for r in during), "the fast path answered meanwhile"
+    assert sum(after["serving"]["fallback"].values()) > sum(before["serving"]["fallback"].values())
