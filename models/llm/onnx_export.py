@@ -41,6 +41,7 @@ ONNX_NAME = "model.onnx"
 MANIFEST_NAME = "onnx_manifest.json"
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 ORT_DEFAULT_SEVERITY = 2  # warnings and above, ORT's own default
+MIN_PREFIX = 16  # shorter shared prefixes are not worth a cache
 
 
 @dataclass
@@ -206,7 +207,7 @@ def create_session(path: Path, providers: Sequence[str] | None = None) -> Any:
 class OnnxGenerator:
     """Greedy decoding of an exported model with ONNX Runtime; same interface as Generator."""
 
-    def __init__(self, folder: Path, providers: Sequence[str] | None = None) -> None:
+    def __init__(self, folder: Path, providers: Sequence[str] | None = None, prefix_cache: bool = True) -> None:
         from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
         folder = Path(folder)
@@ -221,6 +222,9 @@ class OnnxGenerator:
         self.stop_ids = stop_token_ids(holder, self.tokenizer)
         self.newline_ids = newline_token_ids(self.tokenizer)
         self.input_names, _ = io_names(self.layers)
+        self.prefix_cache = prefix_cache
+        self._prefix: list[int] | None = None  # the longest token prefix every prompt so far shared
+        self._prefix_past: list[np.ndarray] | None = None
 
     def _empty_cache(self, batch: int) -> list[np.ndarray]:
         shape = (batch, self.kv_heads, 0, self.head_dim)
@@ -262,10 +266,8 @@ class OnnxGenerator:
     def _greedy(self, prompts: Sequence[str], max_new_tokens: int,
                 fixed_length: bool = False) -> np.ndarray:
         """Generated ids (batch, steps); finished rows continue with the pad token, as in HF."""
-        ids_t, mask_t = left_pad([encode_prompt(self.tokenizer, p) for p in prompts],
-                                 self.tokenizer.pad_token_id)
-        ids, mask = ids_t.numpy(), mask_t.numpy()
-        pos, past = positions(mask), self._empty_cache(len(prompts))
+        rows = [encode_prompt(self.tokenizer, p) for p in prompts]
+        ids, mask, pos, past = self._first_inputs(rows)
         stops = np.array(self.stop_ids, dtype=np.int64)
         newlines = np.array(sorted(self.newline_ids), dtype=np.int64)
         done = np.zeros(len(prompts), dtype=bool)
@@ -284,6 +286,44 @@ class OnnxGenerator:
             mask = np.concatenate([mask, np.ones((len(prompts), 1), dtype=mask.dtype)], axis=1)
             pos = pos[:, -1:] + 1
         return np.stack(steps, axis=1)
+
+    def _first_inputs(self, rows: list[list[int]]
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
+        """Inputs of the first step: the prompts, or only what follows a cached shared prefix.
+
+        Recommendation prompts share a long instruction header (a third of SmolLM2's prompt
+        tokens). Its keys and values are computed once and reused: each row then feeds only
+        its own part, left-padded after the prefix (pads masked out), with positions
+        continuing the prefix's, which is what the full prompt would have computed.
+        """
+        prefix = self._shared_prefix(rows) if self.prefix_cache else []
+        n = len(prefix)
+        ids_t, mask_t = left_pad([r[n:] for r in rows], self.tokenizer.pad_token_id)
+        ids, mask = ids_t.numpy(), mask_t.numpy()
+        if not n:
+            return ids, mask, positions(mask), self._empty_cache(len(rows))
+        past = [np.repeat(t, len(rows), axis=0) for t in self._prefix_kv(prefix)]
+        full_mask = np.concatenate([np.ones((len(rows), n), dtype=mask.dtype), mask], axis=1)
+        return ids, full_mask, n + positions(mask), past
+
+    def _shared_prefix(self, rows: list[list[int]]) -> list[int]:
+        """The longest token prefix shared by these prompts and every earlier one (each row
+        keeps at least one token of its own); empty when shorter than ``MIN_PREFIX``."""
+        known = self._prefix if self._prefix is not None else rows[0][:-1]
+        common = len(known)
+        for row in rows:
+            limit = min(common, len(row) - 1)
+            common = next((i for i in range(limit) if row[i] != known[i]), limit)
+        self._prefix = known[:common]
+        return self._prefix if common >= MIN_PREFIX else []
+
+    def _prefix_kv(self, prefix: list[int]) -> list[np.ndarray]:
+        """Keys and values of the prefix, batch 1, computed once per distinct prefix."""
+        if self._prefix_past is None or self._prefix_past[0].shape[2] != len(prefix):
+            ids = np.asarray([prefix], dtype=np.int64)
+            mask = np.ones_like(ids)
+            _, self._prefix_past = self._run(ids, mask, positions(mask), self._empty_cache(1))
+        return self._prefix_past
 
 
 @dataclass

@@ -182,10 +182,10 @@ def test_a_new_bundle_rolls_out_with_serve_deploy_without_a_failed_request(serve
                                  f"http://127.0.0.1:{s.ray_dashboard_port}"], capture_output=True, text=True,
                                 timeout=120, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
         assert deploy.returncode == 0, deploy.stderr[-2000:]
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and get(served.serving_url, "/version")["bundle_version"] != new.version:
+        deadline = time.monotonic() + 240  # until the old replicas have drained and only the new bundle answers
+        while time.monotonic() < deadline and not (versions[-5:] == [new.version] * 5 and get(
+                served.serving_url, "/version")["bundle_version"] == new.version):
             time.sleep(0.5)
-        time.sleep(3)  # requests keep flowing on the new replicas
     finally:
         stop.set()
         requester.join(120)

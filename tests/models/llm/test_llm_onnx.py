@@ -16,7 +16,7 @@ from models.llm.onnx_export import (
     onnx_providers,
     torch_next_token_logits,
 )
-from models.llm.prompts import HistoryEvent, render_prompt
+from models.llm.prompts import HistoryEvent, encode_prompt, render_prompt
 
 LOGIT_ATOL = 1e-4  # fp32 torch vs ONNX Runtime; tiny models agree to ~1e-6
 
@@ -79,3 +79,20 @@ def test_providers_fall_back_to_cpu_quietly(exported, capfd) -> None:
     session = create_session(exported[1] / "model.onnx", providers)
     assert "CPUExecutionProvider" in session.get_providers()
     assert "Failed to create" not in capfd.readouterr().err  # a missing CUDA is not an error
+
+
+def test_shared_prefix_cache_gives_the_answers_of_full_prompts(exported) -> None:
+    """The instruction header's keys and values are computed once and reused; every answer
+    and every step's choice must be what the full prompt gives."""
+    _, folder = exported
+    cached, plain = OnnxGenerator(folder), OnnxGenerator(folder, prefix_cache=False)
+    prompts = prompts_for(cached.tokenizer)
+    first = cached.generate(prompts[:1], max_new_tokens=8)  # a lone prompt: its own prefix, minus a token
+    assert first.raw_texts == plain.generate(prompts[:1], max_new_tokens=8).raw_texts
+    for batch in (prompts, prompts[::-1], prompts[1:], [prompts[2]] * 2):
+        ours, ref = cached.generate(batch, max_new_tokens=8), plain.generate(batch, max_new_tokens=8)
+        assert ours.raw_texts == ref.raw_texts and ours.new_tokens == ref.new_tokens
+    header = len(cached._prefix)
+    assert header >= 16 and all(encode_prompt(cached.tokenizer, p)[:header] == cached._prefix for p in prompts)
+    logits_cached = cached._run(*cached._first_inputs([encode_prompt(cached.tokenizer, p) for p in prompts]))[0]
+    np.testing.assert_allclose(logits_cached, plain.next_token_logits(prompts), atol=LOGIT_ATOL, rtol=0)
