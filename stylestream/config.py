@@ -30,10 +30,10 @@ class ConfigError(ValueError):
 class Settings:
     """Runtime settings. Field docs double as the README's configuration table."""
 
-    home: Path = setting(Path(".stylestream"), "working folder: data, broker files, Milvus Lite file, logs")
+    home: Path = setting(Path(".stylestream"), "working folder: data, bundle, broker files, Milvus Lite data, logs")
     kafka_bootstrap_servers: str = setting("", "external Kafka; empty = start the embedded broker")
     broker: str = setting("noida", "embedded broker: noida (persistent, exact offsets) or tansu (memory, fast)")
-    milvus_uri: str = setting("", "external Milvus; empty = Milvus Lite file under home")
+    milvus_uri: str = setting("", "external Milvus; empty = the embedded Milvus Lite server (data under home)")
     topic_partitions: int = setting(4, "partitions of the event topics and of the table changelog")
     sequence_length: int = setting(50, "events kept per user in the rolling sequence")
     trigger_every_clicks: int = setting(5, "recommend after every k-th click (0 = never on clicks)")

@@ -172,6 +172,7 @@ def run_demo(settings: Settings, users: int = 600, items: int = 1000, seed: int 
                 if not replayer.is_alive() and stats["received"] >= expected and _settled(watch, stats):
                     break
                 time.sleep(0.25)
+        _quiet_moment(console, bootstrap, test, data.data_hash()[:8], watch, worker)
         watch.stop.set()
         watcher.join(5)
         summary = _summarise(progress, stats, watch, test, run_settings.recs_k, bundle.version,
@@ -179,6 +180,31 @@ def run_demo(settings: Settings, users: int = 600, items: int = 1000, seed: int 
         _show_examples(console, watch.recs, data, test, examples)
     console.log("stopped the worker, Ray Serve, Milvus and the broker")
     return summary
+
+
+def _quiet_moment(console: Console, bootstrap: str, test: pd.DataFrame, prefix: str, watch: Watch,
+                  worker: Any, n: int = 3, timeout: float = 90.0) -> None:
+    """A few more purchases, one at a time: with the Generator idle, the LLM path answers them.
+
+    Under the replay's load most answers come from the fast path (on 2 CPU cores one LLM
+    answer costs about a second); here the LLM's own answers are shown.
+    """
+    from kafka import KafkaProducer
+
+    console.log(f"a quiet moment: {n} more purchases, one at a time, for the LLM path to answer")
+    producer = KafkaProducer(bootstrap_servers=bootstrap)
+    buys = test[test["kind"] == "purchase"].tail(n)
+    for idx, user, item in zip(buys.index, buys["user_id"], buys["item_id"], strict=True):
+        event_id = f"{prefix}q-{idx}"  # ends in the row index, like replayed ids (see _trigger_time)
+        value = {"event_id": event_id, "user_id": user, "item_id": item, "ts": time.time()}
+        producer.send("events.purchases", key=str(user).encode(), value=json.dumps(value).encode())
+        producer.flush()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not any(r["trigger_event_id"] == event_id for r in watch.recs):
+            time.sleep(0.2)
+    producer.close()
+    while worker.stats()["recs_pending"]:
+        time.sleep(0.2)
 
 
 def _inject_malformed(bootstrap: str) -> None:

@@ -79,5 +79,7 @@ def test_demo_runs_end_to_end(tmp_path):
     assert result["processed"] == result["events_sent"]
     assert result["dead_lettered"] == 3
     assert result["recs_published"] > 50
+    assert result["recs_llm"] >= 1 and result["recs_llm"] + result["recs_fast_path"] == result["recs_published"]
+    assert "LLM wrote" in proc.stdout, "an LLM answer is shown with its generated text"
     assert "recommended" not in proc.stderr
     assert "shopper" in proc.stdout and "#1" in proc.stdout
