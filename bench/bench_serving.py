@@ -316,8 +316,11 @@ class RecsWatch:
 
     def run(self) -> None:
         while not self.stop.is_set():
-            for batch in self.consumer.poll(timeout_ms=100).values():
+            batches = self.consumer.poll(timeout_ms=100)
+            for batch in batches.values():
                 self.records.extend(json.loads(m.value) for m in batch)
+            if not batches:
+                time.sleep(0.05)  # noida-db answers empty fetches at once: an idle poll loop would spin
 
     def close(self) -> None:
         self.stop.set()
@@ -331,7 +334,8 @@ def part_rates(args: argparse.Namespace, bundle: Bundle, data: Dataset, data_dir
     _, _, test = data.parts()
     buys = test[test["kind"] == "purchase"].sample(frac=1.0, random_state=0)
     out: dict[str, Any] = {"seconds_per_rate": args.rate_seconds}
-    with serving_stack(args, bundle, data_dir, work / "rates", trigger_every_clicks=0, trigger_idle_seconds=0) as stack:
+    with serving_stack(args, bundle, data_dir, work / "rates", trigger_every_clicks=0, trigger_idle_seconds=0,
+                       serving_timeout_ms=args.timeout_ms) as stack:
         bootstrap = stack.start_broker()
         stack.start_milvus()
         stack.start_serving()
@@ -402,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overhead-requests", type=int, default=20, help="requests timed bare and served")
     ap.add_argument("--rates", type=float, nargs="+", default=[0.5, 1, 2, 5], help="offered recommendations/s")
     ap.add_argument("--rate-seconds", type=float, default=40.0, help="seconds at each offered rate")
+    ap.add_argument("--timeout-ms", type=float, default=Settings().serving_timeout_ms,
+                    help="the stream's deadline for an LLM answer in the rates part")
     ap.add_argument("--stream-events", type=int, default=20000, help="backlog for the stream part")
     ap.add_argument("--cache", type=Path, default=Path(".stylestream/bench-cache"), help="H&M title vectors cache")
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results")

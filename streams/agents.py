@@ -166,9 +166,9 @@ async def idle_triggers() -> None:
 async def stats_page(web, request):
     ready = (app.tables.recovery.completed.is_set() and not app.rebalancing and not app.in_recovery
              and _recommender is not None)
-    serving = getattr(_recommender, "stats", None)
+    serving = getattr(_recommender, "status", None)
     return web.json({**vars(stats), "recs_pending": len(pending), "ready": ready,
-                     "serving": serving.as_dict() if serving is not None else None,
+                     "serving": serving() if serving is not None else None,
                      "recommender": _recommender.model_version if _recommender is not None else None})
 
 

@@ -1,11 +1,16 @@
 """The LLM path as the stream sees it: Ray Serve's ``POST /recommend`` with a deadline.
 
-The stream must never wait on the LLM. A worker keeps at most ``max_in_flight``
-requests open; an answer later than the deadline, an error, or a full set of open
-requests makes the ID-only fast path answer instead (in milliseconds, in process), and
-the record on ``recs.out`` says which path answered. When the Generator is saturated
-the event rate holds and the share of ``llm`` answers drops: :class:`ServingStats`
-counts both.
+The stream must never wait on the LLM. A worker keeps a limited number of requests open;
+an answer later than the deadline, an error, or a full set of open requests makes the
+ID-only fast path answer instead (in milliseconds, in process), and the record on
+``recs.out`` says which path answered. When the Generator is saturated the event rate
+holds and the share of ``llm`` answers drops: :class:`ServingStats` counts both.
+
+The limit adapts (additive increase, multiplicative decrease, as TCP does): every missed
+deadline or error halves it, every answer in time raises it by 1/limit, up to
+``max_in_flight``. Sending more requests than the Generator can answer in time would make
+every one of them late (each batch waits for the ones before it); the limit settles
+where answers still arrive in time, so the LLM keeps answering what it can.
 """
 
 from __future__ import annotations
@@ -42,24 +47,28 @@ class ServingRecommender:
         self.fallback = fallback
         self.model_version = fallback.model_version
         self.timeout_s, self.max_in_flight, self.max_history = timeout_s, max_in_flight, max_history
+        self.limit = float(max_in_flight)  # adapts in [1, max_in_flight]
         self.in_flight = 0
         self.stats = ServingStats()
         self._session: aiohttp.ClientSession | None = None
 
     async def recommend(self, request: RecommendRequest) -> RecommendResult:
-        if self.in_flight >= self.max_in_flight:
+        if self.in_flight >= int(self.limit):
             return await self._fall_back(request, "overload")
         self.in_flight += 1
         try:
             async with asyncio.timeout(self.timeout_s):
                 data = await self._post(request)
         except TimeoutError:
+            self._missed()
             return await self._fall_back(request, "timeout")
         except (aiohttp.ClientError, ValueError, KeyError) as exc:
             log.debug("LLM path failed: %s", exc)
+            self._missed()
             return await self._fall_back(request, "error")
         finally:
             self.in_flight -= 1
+        self.limit = min(float(self.max_in_flight), self.limit + 1.0 / self.limit)
         self.stats.llm += 1
         return RecommendResult(items=[RecItem(**item) for item in data["items"]],
                                generated_text=data["generated_text"], path=data["path"],
@@ -76,6 +85,13 @@ class ServingRecommender:
                 raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status,
                                                   message=(await resp.text())[:200])
             return await resp.json()
+
+    def status(self) -> dict[str, Any]:
+        """Answers by path, fallbacks by reason, and the adaptive limit (the worker's /stats/)."""
+        return {**self.stats.as_dict(), "limit": round(self.limit, 2), "in_flight": self.in_flight}
+
+    def _missed(self) -> None:
+        self.limit = max(1.0, self.limit / 2)
 
     async def _fall_back(self, request: RecommendRequest, reason: str) -> RecommendResult:
         self.stats.fallback[reason] += 1

@@ -59,14 +59,15 @@ class Settings:
     serving_url: str = setting("", "Ray Serve ingress the stream calls (empty = none; `stylestream up` sets it)")
     serving_timeout_ms: float = setting(4000.0, "deadline for an LLM answer; later, the stream answers from "
                                                 "the fast path instead")
-    serving_max_in_flight: int = setting(8, "LLM requests a stream worker keeps open at once; beyond, the fast "
-                                            "path answers at once")
+    serving_max_in_flight: int = setting(8, "most LLM requests a stream worker keeps open at once (the limit adapts "
+                                            "below it: halved on a missed deadline); beyond, the fast path answers")
     serve_host: str = setting("127.0.0.1", "address Ray Serve's HTTP proxy binds")
     serve_port: int = setting(8000, "Ray Serve HTTP port (POST /recommend, GET /healthz, GET /version)")
     gen_engine: str = setting("onnx", "Generator engine: onnx (ONNX Runtime, CUDA provider first) or torch")
     gen_num_gpus: str = setting("auto", "GPUs per Generator replica: auto (1 when Ray sees a GPU, else 0) "
                                         "or a number")
-    gen_max_batch_size: int = setting(8, "Generator dynamic batching: most prompts in one batch")
+    gen_max_batch_size: int = setting(0, "Generator dynamic batching: most prompts in one batch; 0 = auto: 16 on "
+                                         "a GPU, 2 on a CPU (prefill-bound there: bigger batches only wait longer)")
     gen_batch_wait_ms: float = setting(50.0, "Generator dynamic batching: longest wait for a batch to fill")
     gen_min_replicas: int = setting(1, "Generator autoscaling: fewest replicas")
     gen_max_replicas: int = setting(2, "Generator autoscaling: most replicas")
@@ -110,8 +111,11 @@ class Settings:
         if not 1 <= self.gen_min_replicas <= self.gen_max_replicas:
             raise ConfigError(f"{env_name('gen_min_replicas')} must be at least 1 and at most "
                               f"{env_name('gen_max_replicas')}")
+        if self.gen_max_batch_size < 0:
+            raise ConfigError(f"{env_name('gen_max_batch_size')} must be 0 (auto) or more, "
+                              f"not {self.gen_max_batch_size}")
         for name in ("topic_partitions", "sequence_length", "recs_k", "serving_max_in_flight",
-                     "gen_max_batch_size", "retriever_replicas", "max_request_history"):
+                     "retriever_replicas", "max_request_history"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{env_name(name)} must be at least 1, not {getattr(self, name)}")
 

@@ -36,6 +36,8 @@ from stylestream.config import Settings
 from stylestream.devstack import DevStack
 from stylestream.records import DLQ, RECS
 
+IDLE_POLL_S = 0.05  # pause after an empty poll: kafka-python re-fetches at once from a broker that never waits
+
 # Malformed events injected on purpose, to show the dead-letter path working live.
 MALFORMED = [b"{not json", b'{"event_id": "bad-1", "user_id": "u1"}', b'{"event_id": "bad-2", "user_id": 7, '
              b'"item_id": "x", "ts": "noon"}']
@@ -52,10 +54,14 @@ class Watch:
     def follow(self, bootstrap: str) -> threading.Thread:
         def run() -> None:
             consumer = KafkaConsumer(RECS, DLQ, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                     enable_auto_commit=False, consumer_timeout_ms=200)
+                                     enable_auto_commit=False)
             while not self.stop.is_set():
-                for msg in consumer:
-                    (self.recs if msg.topic == RECS else self.dead).append(json.loads(msg.value))
+                batches = consumer.poll(timeout_ms=200)
+                for batch in batches.values():
+                    for msg in batch:
+                        (self.recs if msg.topic == RECS else self.dead).append(json.loads(msg.value))
+                if not batches:  # noida-db answers empty fetches at once: do not spin on them
+                    time.sleep(IDLE_POLL_S)
             consumer.close()
 
         thread = threading.Thread(target=run, daemon=True, name="watch")

@@ -86,8 +86,11 @@ class TopicWatch:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            for batch in self._consumer.poll(timeout_ms=200).values():
+            batches = self._consumer.poll(timeout_ms=200)
+            for batch in batches.values():
                 self.records.extend(json.loads(m.value) for m in batch)
+            if not batches:
+                time.sleep(0.05)  # noida-db answers empty fetches at once: an idle poll loop would spin
 
     def close(self) -> None:
         self._stop.set()

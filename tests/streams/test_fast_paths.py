@@ -5,6 +5,7 @@ it when the LLM path is unreachable, late or saturated."""
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import pytest
 from aiohttp import web
@@ -94,3 +95,15 @@ def test_serving_recommender_falls_back_by_reason(tiny_bundle):
     assert stats["down"] == {"llm": 0, "fallback": {"error": 1}}
     assert {a.path for a in answers["full"]} == {"id-only"} and stats["full"]["fallback"]["overload"] == 1
     assert answers["ok"].path == "llm" and answers["ok"].generated_text == "3 events" and stats["ok"]["llm"] == 1
+
+
+def test_the_open_request_limit_halves_on_a_miss_and_creeps_back():
+    rec = ServingRecommender("http://127.0.0.1:9", SimpleNamespace(model_version="v"), max_in_flight=8)
+    assert rec.limit == 8
+    rec._missed()
+    rec._missed()
+    assert rec.limit == 2
+    for _ in range(5):
+        rec._missed()
+    assert rec.limit == 1, "never below one open request: the LLM keeps getting a chance"
+    assert rec.status()["limit"] == 1 and rec.status()["in_flight"] == 0

@@ -67,11 +67,13 @@ def test_broken_csv_is_reported_not_raised(tmp_path: Path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_demo_runs_end_to_end(tmp_path):
-    """The README's main job, on a small data set: events in, recommendations and dead letters out."""
+    """The README's main job, on a small data set: a bundle LoRA-tuned from the real SmolLM2,
+    Milvus, Ray Serve and a worker; events in, LLM and fast-path recommendations and dead letters out."""
     summary = tmp_path / "summary.json"
     proc = subprocess.run([sys.executable, "-m", "stylestream.cli", "demo", "--users", "150", "--items", "300",
-                           "--rate", "0", "--summary", str(summary)], capture_output=True, text=True, timeout=400,
+                           "--rate", "0", "--summary", str(summary)], capture_output=True, text=True, timeout=1100,
                           env={**os.environ, "STYLESTREAM_HOME": str(tmp_path / "home")}, cwd=Path.cwd())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(summary.read_text())
