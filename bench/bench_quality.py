@@ -98,6 +98,7 @@ def config_for(name: str, args: argparse.Namespace) -> EvalConfig:
         raise SystemExit(f"--encoders must be some of {', '.join(ENCODERS)}")
     return EvalConfig(
         base_model=args.base_model, home=args.home, work_dir=args.home / "eval-work" / name,
+        bundle=args.home / "eval-work" / name / "bundle",  # ~1 GB: never inside bench/results
         title_encoders=encoders, lstm_steps=args.lstm_steps, minilm_steps=args.minilm_steps,
         lora_steps=args.lora_steps, lora_batch_size=args.lora_batch,
         lora_max_length=args.lora_max_length, lora_lr=args.lora_lr,

@@ -52,6 +52,7 @@ from stylestream.config import Settings  # noqa: E402
 from stylestream.devstack import DevStack  # noqa: E402
 from stylestream.devstack.processes import free_port, spawn, stop, wait_until  # noqa: E402
 from stylestream.records import PURCHASES, RECS  # noqa: E402
+from stylestream.topic_watch import TopicWatch  # noqa: E402
 
 PARTS = ("milvus", "batching", "overhead", "rates", "stream")
 HM_LEGEND = ROOT.parent / "shared" / "data" / "hm-sample" / "articles_legend.csv.gz"
@@ -303,31 +304,6 @@ def part_overhead(args: argparse.Namespace, bundle: Bundle, data: Dataset, data_
 # -- the stream ---------------------------------------------------------------------------------------
 
 
-class RecsWatch:
-    def __init__(self, bootstrap: str):
-        from kafka import KafkaConsumer
-
-        self.records: list[dict[str, Any]] = []
-        self.stop = threading.Event()
-        self.consumer = KafkaConsumer(RECS, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                      enable_auto_commit=False)
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            batches = self.consumer.poll(timeout_ms=100)
-            for batch in batches.values():
-                self.records.extend(json.loads(m.value) for m in batch)
-            if not batches:
-                time.sleep(0.05)  # noida-db answers empty fetches at once: an idle poll loop would spin
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(5)
-        self.consumer.close()
-
-
 def part_rates(args: argparse.Namespace, bundle: Bundle, data: Dataset, data_dir: Path, work: Path) -> dict[str, Any]:
     from kafka import KafkaProducer
 
@@ -340,7 +316,7 @@ def part_rates(args: argparse.Namespace, bundle: Bundle, data: Dataset, data_dir
         stack.start_milvus()
         stack.start_serving()
         worker = stack.start_worker()
-        watch = RecsWatch(bootstrap)
+        watch = TopicWatch(bootstrap, RECS)
         producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
         n = 0
         for rate in args.rates:
@@ -380,20 +356,43 @@ def part_rates(args: argparse.Namespace, bundle: Bundle, data: Dataset, data_dir
 
 
 def part_stream(args: argparse.Namespace, bundle: Bundle, data: Dataset, data_dir: Path, work: Path) -> dict[str, Any]:
+    """Three runs from the same backlog: the baseline alone; the baseline while an outside
+    client keeps the Generator busy (the CPU the LLM takes from the worker, without any
+    waiting); the ServingRecommender (LLM path + fast path)."""
     events = data.interactions.iloc[: args.stream_events]
-    out: dict[str, Any] = {}
-    with serving_stack(args, bundle, data_dir, work / "stream-baseline", recommender="baseline") as stack:
-        out["baseline"] = drain_rate(stack, events, "sb")
-        print(f"[bench] baseline: {out['baseline']}", flush=True)
-    with serving_stack(args, bundle, data_dir, work / "stream-serving", recommender="serving") as stack:
-        stack.start_milvus()
-        stack.start_serving()
-        out["serving (LLM path + ID-only fast path)"] = drain_rate(stack, events, "ss")
-        print(f"[bench] serving: {out['serving (LLM path + ID-only fast path)']}", flush=True)
+    hist = histories(MixupRecommender(bundle), data, 16, seed=5)
+    out: dict[str, Any] = {"gen_threads": args.gen_threads}
+    runs = (("baseline", "baseline", False), ("baseline, Generator kept busy", "baseline", True),
+            ("serving (LLM path + ID-only fast path)", "serving", False))
+    for label, recommender, load in runs:
+        with serving_stack(args, bundle, data_dir, work / f"stream-{len(out)}", recommender=recommender,
+                           gen_threads=args.gen_threads) as stack:
+            if recommender == "serving" or load:
+                stack.start_milvus()
+                stack.start_serving()
+            stop = threading.Event()
+            pushers = [threading.Thread(target=_keep_busy, args=(stack.serving_url, hist, stop)) for _ in range(2)]
+            for t in pushers if load else []:
+                t.start()
+            out[label] = drain_rate(stack, events, f"s{len(out)}")
+            stop.set()
+            for t in pushers if load else []:
+                t.join(120)
+        print(f"[bench] {label}: {out[label]}", flush=True)
     base = out["baseline"]["events_per_s_sustained"]
-    out["serving_over_baseline"] = round(out["serving (LLM path + ID-only fast path)"]["events_per_s_sustained"] / base,
-                                         3)
+    out["serving_over_baseline"] = round(out[runs[2][0]]["events_per_s_sustained"] / base, 3)
+    out["busy_baseline_over_baseline"] = round(out[runs[1][0]]["events_per_s_sustained"] / base, 3)
     return out
+
+
+def _keep_busy(url: str, hist: list[History], stop: threading.Event) -> None:
+    r = 0
+    while not stop.is_set():
+        try:
+            post(url, body(hist[r % len(hist)], r), timeout=120)
+        except OSError:
+            pass
+        r += 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -409,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout-ms", type=float, default=Settings().serving_timeout_ms,
                     help="the stream's deadline for an LLM answer in the rates part")
     ap.add_argument("--stream-events", type=int, default=20000, help="backlog for the stream part")
+    ap.add_argument("--gen-threads", type=int, default=1,
+                    help="Generator CPU threads in the stream part (1 leaves a core to the worker on 2 cores)")
     ap.add_argument("--cache", type=Path, default=Path(".stylestream/bench-cache"), help="H&M title vectors cache")
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args(argv)

@@ -52,7 +52,8 @@ def drain_rate(stack: DevStack, events, prefix: str) -> dict:
     stack.stop_worker(worker)
     return {"events": len(events), "worker_start_s": round(t_ready - t0, 2), "drain_s": round(total_s, 2),
             "events_per_s_overall": round(len(events) / total_s, 1), "events_per_s_sustained": round(sustained, 1),
-            "recs_published": s["recs_published"]}
+            "recs_published": s["recs_published"], "recs_by_path": s.get("recs_by_path"),
+            "serving": s.get("serving")}
 
 
 def latency_at_rate(stack: DevStack, events, prefix: str, rate: float) -> dict:

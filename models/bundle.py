@@ -159,24 +159,30 @@ class Bundle:
     def imputer(self, name: str | None = None) -> IdImputer:
         return IdImputer.load(imputer_path(self.folder, name or self.chosen_encoder))
 
-    def generator(self, engine: str = "onnx", device: str = "auto") -> Any:
-        return llm_generator(self.folder, engine, device)
+    def generator(self, engine: str = "onnx", device: str = "auto", threads: int = 0) -> Any:
+        return llm_generator(self.folder, engine, device, threads)
 
     def validation(self) -> dict[str, Any]:
         path = self.folder / VALIDATION
         return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def llm_generator(folder: Path, engine: str = "onnx", device: str = "auto") -> Any:
+def llm_generator(folder: Path, engine: str = "onnx", device: str = "auto", threads: int = 0) -> Any:
     """The bundle's tuned LLM ready to generate: ONNX Runtime (its CUDA provider first
-    unless ``device`` is "cpu") or torch; torch when the bundle has no ONNX export."""
+    unless ``device`` is "cpu") or torch; torch when the bundle has no ONNX export.
+    ``threads`` caps the CPU threads it uses (0: all cores)."""
     if engine not in ENGINES:
         raise BundleError(f"engine must be onnx or torch, not {engine!r}")
     onnx_dir = Path(folder) / LLM_ONNX
     if engine == "onnx" and (onnx_dir / "model.onnx").is_file():
         from models.llm.onnx_export import OnnxGenerator
 
-        return OnnxGenerator(onnx_dir, providers=["CPUExecutionProvider"] if device == "cpu" else None)
+        return OnnxGenerator(onnx_dir, providers=["CPUExecutionProvider"] if device == "cpu" else None,
+                             threads=threads)
     from models.llm.generate import Generator
 
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     return Generator(Path(folder) / LLM_MERGED, device=device)

@@ -56,7 +56,7 @@ from models.metrics import (
     target_ranks,
 )
 from models.mixup import Fusion, QueryMemory, blended_score
-from models.recommender import History, MixupRecommender
+from models.recommender import History, MixupRecommender, user_states
 from models.sasrec import SASRec
 from models.train import CHOICE_K, ENCODERS, FULL_HISTORY, TrainConfig, train_bundle
 
@@ -227,8 +227,6 @@ def baseline_ranks(dataset: Dataset, sasrec: SASRec, events: NextItemEvents) -> 
         scores = np.stack([model.score(h) for h in events.histories])
         out[name] = target_ranks(scores, events.targets)
     histories = [History.of(h, k) for h, k in zip(events.histories, events.kinds, strict=True)]
-    from models.recommender import user_states
-
     states = user_states(sasrec, histories, sasrec.cfg.max_len)
     out["sasrec"] = target_ranks(states @ sasrec.item_embeddings().T, events.targets)
     return out

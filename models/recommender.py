@@ -79,6 +79,7 @@ class MixupRecommender:
         self._window = window
         self._index: MixupIndex | None = None
         self._catalog: dict[str, Any] | None = None
+        self._item_ids: list[str] | None = None
 
     # Each stage loads only what it uses: the Generator deployment never loads the item
     # vectors, the Retriever never loads the LLM.
@@ -92,7 +93,9 @@ class MixupRecommender:
 
     @property
     def item_ids(self) -> list[str]:
-        return self.bundle.items()["item_id"].astype(str).tolist()
+        if self._item_ids is None:
+            self._item_ids = self.bundle.items()["item_id"].astype(str).tolist()
+        return self._item_ids
 
     @property
     def encoder(self) -> Any:

@@ -63,7 +63,8 @@ def build_app(settings: Settings, bundle_dir: Path | str, milvus_uri: str) -> Ap
     """The application graph for one bundle, searching the Milvus at ``milvus_uri``."""
     bundle_dir = str(Path(bundle_dir).resolve())
     device = "auto" if generator_gpus(settings) else "cpu"
-    generator = Generator.options(**generator_options(settings)).bind(bundle_dir, settings.gen_engine, device)
+    generator = Generator.options(**generator_options(settings)).bind(bundle_dir, settings.gen_engine, device,
+                                                                      settings.gen_threads)
     retriever = Retriever.options(num_replicas=settings.retriever_replicas,
                                   ray_actor_options={"num_cpus": RETRIEVER_CPUS}).bind(
         bundle_dir, milvus_uri, settings.milvus_collection, settings.milvus_token)
@@ -97,6 +98,7 @@ def serve_config(settings: Settings, bundle_dir: Path | str, milvus_uri: str) ->
                      "gen_batch_wait_ms": settings.gen_batch_wait_ms,
                      "gen_min_replicas": settings.gen_min_replicas,
                      "gen_max_replicas": settings.gen_max_replicas,
-                     "gen_engine": settings.gen_engine, "gen_num_gpus": settings.gen_num_gpus},
+                     "gen_engine": settings.gen_engine, "gen_num_gpus": settings.gen_num_gpus,
+                     "gen_threads": settings.gen_threads},
         }],
     }

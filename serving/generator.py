@@ -24,12 +24,12 @@ DEFAULT_BATCH = {"max_batch_size": 8, "batch_wait_ms": 50.0}
 
 @serve.deployment(name="Generator", max_ongoing_requests=64, graceful_shutdown_timeout_s=60)
 class Generator:
-    def __init__(self, bundle_dir: str, engine: str = "onnx", device: str = "auto"):
+    def __init__(self, bundle_dir: str, engine: str = "onnx", device: str = "auto", threads: int = 0):
         bundle = Bundle.load(bundle_dir)
         self.version = bundle.version
-        self.rec = MixupRecommender(bundle, engine=engine, device=device)
         started = time.perf_counter()
-        self.engine = type(self.rec.generator).__name__  # load the model now, not on the first request
+        self.rec = MixupRecommender(bundle, generator=bundle.generator(engine, device, threads))
+        self.engine = type(self.rec.generator).__name__
         self.providers = list(getattr(self.rec.generator, "providers", [str(getattr(self.rec.generator, "device",
                                                                                     "cpu"))]))
         self.load_seconds = round(time.perf_counter() - started, 2)

@@ -66,6 +66,8 @@ class Settings:
     gen_engine: str = setting("onnx", "Generator engine: onnx (ONNX Runtime, CUDA provider first) or torch")
     gen_num_gpus: str = setting("auto", "GPUs per Generator replica: auto (1 when Ray sees a GPU, else 0) "
                                         "or a number")
+    gen_threads: int = setting(0, "CPU threads per Generator replica (0 = one per core); on a small machine leave "
+                                  "cores to the stream workers and the broker")
     gen_max_batch_size: int = setting(0, "Generator dynamic batching: most prompts in one batch; 0 = auto: 16 on "
                                          "a GPU, 2 on a CPU (prefill-bound there: bigger batches only wait longer)")
     gen_batch_wait_ms: float = setting(50.0, "Generator dynamic batching: longest wait for a batch to fill")

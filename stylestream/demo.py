@@ -18,13 +18,12 @@ import shutil
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from kafka import KafkaConsumer
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -35,38 +34,26 @@ from streams.replay import ReplayProgress, replay
 from stylestream.config import Settings
 from stylestream.devstack import DevStack
 from stylestream.records import DLQ, RECS
-
-IDLE_POLL_S = 0.05  # pause after an empty poll: kafka-python re-fetches at once from a broker that never waits
+from stylestream.topic_watch import TopicWatch
 
 # Malformed events injected on purpose, to show the dead-letter path working live.
 MALFORMED = [b"{not json", b'{"event_id": "bad-1", "user_id": "u1"}', b'{"event_id": "bad-2", "user_id": 7, '
              b'"item_id": "x", "ts": "noon"}']
 
 
-@dataclass
-class Watch:
-    """What the demo saw on ``recs.out`` and ``events.dlq``."""
+class Watch(TopicWatch):
+    """What the demo sees on ``recs.out`` and ``events.dlq``."""
 
-    recs: list[dict] = field(default_factory=list)
-    dead: list[dict] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
+    def __init__(self, bootstrap: str):
+        super().__init__(bootstrap, RECS, DLQ)
 
-    def follow(self, bootstrap: str) -> threading.Thread:
-        def run() -> None:
-            consumer = KafkaConsumer(RECS, DLQ, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                     enable_auto_commit=False)
-            while not self.stop.is_set():
-                batches = consumer.poll(timeout_ms=200)
-                for batch in batches.values():
-                    for msg in batch:
-                        (self.recs if msg.topic == RECS else self.dead).append(json.loads(msg.value))
-                if not batches:  # noida-db answers empty fetches at once: do not spin on them
-                    time.sleep(IDLE_POLL_S)
-            consumer.close()
+    @property
+    def recs(self) -> list[dict]:
+        return self.by_topic[RECS]
 
-        thread = threading.Thread(target=run, daemon=True, name="watch")
-        thread.start()
-        return thread
+    @property
+    def dead(self) -> list[dict]:
+        return self.by_topic[DLQ]
 
 
 @dataclass
@@ -147,11 +134,10 @@ def run_demo(settings: Settings, users: int = 600, items: int = 1000, seed: int 
     _, _, test = data.parts()
     run_home = settings.home / "demo-run"
     shutil.rmtree(run_home, ignore_errors=True)  # a fresh broker each run: counts start at zero
-    # On 2 CPU cores one LLM answer costs about a second of prefill: small batches and a long
-    # deadline let a few answers through while the fast path answers everything else at once.
+    # On 2 CPU cores one LLM answer costs about a second: one Generator replica and a deadline
+    # of a few seconds let the LLM answer what it can while the fast path answers the rest.
     run_settings = Settings.from_env(home=run_home, dataset=settings.dataset_dir, bundle=bundle.folder,
-                                     serving_timeout_ms=20000.0, serving_max_in_flight=4, gen_max_batch_size=4,
-                                     gen_max_replicas=1)
+                                     serving_timeout_ms=8000.0, serving_max_in_flight=4, gen_max_replicas=1)
     with DevStack(run_settings) as stack:
         with console.status("starting the broker, Milvus Lite, Ray Serve (Generator, Retriever, ingress) "
                             "and a stream worker"):
@@ -162,8 +148,7 @@ def run_demo(settings: Settings, users: int = 600, items: int = 1000, seed: int 
         console.log(f"{run_settings.broker} broker on {bootstrap}; Milvus {milvus}; Serve {serving}/recommend; "
                     f"Ray dashboard http://127.0.0.1:{run_settings.ray_dashboard_port}; worker web on "
                     f"127.0.0.1:{worker.web_port}")
-        watch = Watch()
-        watcher = watch.follow(bootstrap)
+        watch = Watch(bootstrap)
         progress = ReplayProgress()
         replayer = threading.Thread(target=replay, kwargs=dict(
             interactions=test, bootstrap=bootstrap, id_prefix=data.data_hash()[:8], rate=rate, progress=progress))
@@ -179,8 +164,7 @@ def run_demo(settings: Settings, users: int = 600, items: int = 1000, seed: int 
                     break
                 time.sleep(0.25)
         _quiet_moment(console, bootstrap, test, data.data_hash()[:8], watch, worker)
-        watch.stop.set()
-        watcher.join(5)
+        watch.close()
         summary = _summarise(progress, stats, watch, test, run_settings.recs_k, bundle.version,
                              time.monotonic() - started)
         _show_examples(console, watch.recs, data, test, examples)

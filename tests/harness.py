@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from stylestream.topic_watch import TopicWatch  # noqa: F401 - the tests' way to follow recs.out
+
 
 def event(kind: str, i: int, user: str, item: str = "i1", ts: float | None = None) -> dict:
     return {"event_id": f"{kind[0]}{i}", "user_id": user, "item_id": item,
@@ -67,32 +69,3 @@ def tiny_llama(folder: Path, titles: list[str]) -> Path:
     tok.save_pretrained(folder)
     return folder
 
-
-class TopicWatch:
-    """Every record of some topics as it arrives, decoded, read by one long-lived consumer
-    (cheaper and steadier than a fresh consumer per check)."""
-
-    def __init__(self, bootstrap: str, *topics: str):
-        import threading
-
-        from kafka import KafkaConsumer
-
-        self.records: list[dict] = []
-        self._stop = threading.Event()
-        self._consumer = KafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                       enable_auto_commit=False)
-        self._thread = threading.Thread(target=self._run, daemon=True, name="topic-watch")
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            batches = self._consumer.poll(timeout_ms=200)
-            for batch in batches.values():
-                self.records.extend(json.loads(m.value) for m in batch)
-            if not batches:
-                time.sleep(0.05)  # noida-db answers empty fetches at once: an idle poll loop would spin
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-        self._consumer.close()

@@ -184,13 +184,15 @@ def onnx_providers(preferred: Sequence[str] = PREFERRED_PROVIDERS) -> list[str]:
     return [*chosen, "CPUExecutionProvider"]
 
 
-def create_session(path: Path, providers: Sequence[str] | None = None) -> Any:
-    """An ORT session on the best working provider, without ORT's provider-failure noise."""
+def create_session(path: Path, providers: Sequence[str] | None = None, threads: int = 0) -> Any:
+    """An ORT session on the best working provider, without ORT's provider-failure noise;
+    ``threads`` caps its CPU threads (0: ONNX Runtime's default, one per core)."""
     import onnxruntime as ort
 
     providers = list(providers) if providers else onnx_providers()
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.intra_op_num_threads = max(0, threads)
     # Idle threads sleep instead of spinning: the generator, the retriever, the stream worker
     # and the broker share the cores, and spinning threads starve the others (measured: no
     # loss in generation speed on 2 cores).
@@ -207,11 +209,12 @@ def create_session(path: Path, providers: Sequence[str] | None = None) -> Any:
 class OnnxGenerator:
     """Greedy decoding of an exported model with ONNX Runtime; same interface as Generator."""
 
-    def __init__(self, folder: Path, providers: Sequence[str] | None = None, prefix_cache: bool = True) -> None:
+    def __init__(self, folder: Path, providers: Sequence[str] | None = None, prefix_cache: bool = True,
+                 threads: int = 0) -> None:
         from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
         folder = Path(folder)
-        self.session = create_session(folder / ONNX_NAME, providers)
+        self.session = create_session(folder / ONNX_NAME, providers, threads)
         self.providers = self.session.get_providers()
         self.tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(folder,
                                                                          local_files_only=True))

@@ -22,6 +22,12 @@ def test_overrides_win_and_round_trip_through_env():
     ({"STYLESTREAM_TOPIC_PARTITIONS": "four"}, "STYLESTREAM_TOPIC_PARTITIONS='four' is not a valid int"),
     ({"STYLESTREAM_BROKER": "kafka"}, "STYLESTREAM_BROKER must be 'noida' or 'tansu'"),
     ({"STYLESTREAM_RECS_K": "0"}, "STYLESTREAM_RECS_K must be at least 1"),
+    ({"STYLESTREAM_RECOMMENDER": "llm"}, "STYLESTREAM_RECOMMENDER must be auto, serving, id-only or baseline"),
+    ({"STYLESTREAM_GEN_ENGINE": "vllm"}, "STYLESTREAM_GEN_ENGINE must be onnx or torch"),
+    ({"STYLESTREAM_GEN_NUM_GPUS": "many"}, "STYLESTREAM_GEN_NUM_GPUS must be auto or a number"),
+    ({"STYLESTREAM_GEN_MAX_BATCH_SIZE": "-1"}, "STYLESTREAM_GEN_MAX_BATCH_SIZE must be 0"),
+    ({"STYLESTREAM_GEN_MIN_REPLICAS": "3", "STYLESTREAM_GEN_MAX_REPLICAS": "2"}, "STYLESTREAM_GEN_MIN_REPLICAS"),
+    ({"STYLESTREAM_SERVING_MAX_IN_FLIGHT": "0"}, "STYLESTREAM_SERVING_MAX_IN_FLIGHT must be at least 1"),
 ])
 def test_bad_values_name_the_variable(env, message):
     with pytest.raises(ConfigError, match=message):
