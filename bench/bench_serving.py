@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -234,12 +235,25 @@ def serving_stack(args: argparse.Namespace, bundle: Bundle, data_dir: Path, work
 
 
 def throughput(url: str, hist: list[History], concurrency: int) -> dict[str, float]:
+    rejected = 0
+
+    def ask(r: int, h: History) -> dict[str, Any]:
+        nonlocal rejected
+        while True:
+            try:
+                return post(url, body(h, r))
+            except urllib.error.HTTPError as exc:  # 503: the Generator's queue is full (back-pressure)
+                if exc.code != 503:
+                    raise
+                rejected += 1
+                time.sleep(0.5)
+
     t0 = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
-        answers = list(pool.map(lambda rh: post(url, body(rh[1], rh[0])), enumerate(hist)))
+        answers = list(pool.map(lambda rh: ask(*rh), enumerate(hist)))
     seconds = time.perf_counter() - t0
     return {"requests": len(hist), "seconds": round(seconds, 2), "recs_per_s": round(len(hist) / seconds, 3),
-            "latency_p50_ms": pct([a["timings_ms"]["total"] for a in answers], 50)}
+            "latency_p50_ms": pct([a["timings_ms"]["total"] for a in answers], 50), "rejected_503": rejected}
 
 
 def part_batching(args: argparse.Namespace, bundle: Bundle, data: Dataset, data_dir: Path,
