@@ -301,7 +301,7 @@ def part_overhead(args: argparse.Namespace, bundle: Bundle, data: Dataset, data_
             text = rec.generate([h])[0]
             vecs = rec.text_vectors([text])
             q = rec.queries(vecs, rec.user_states([h]))
-            items.search(q, 10, rec.exclusions([h], vecs, items.vectors(h.bought())))
+            items.search(q, 10, rec.exclusions([h], vecs, items.vectors))
             bare.append(1000 * (time.perf_counter() - t0))
             t0 = time.perf_counter()
             post(stack.serving_url, body(h, r))

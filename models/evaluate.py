@@ -239,13 +239,12 @@ def mixup_ranks(rec: MixupRecommender, text_vecs: np.ndarray | None, states: np.
                 histories: list[History], targets: np.ndarray, fusion: Fusion) -> np.ndarray:
     """Whole-catalog target ranks of the served computation: query vectors, re-buy
     exclusions and one inner product over the bundle's stored vectors."""
-    stored = rec.stored_vectors([i for h in histories for i in h.bought()])
     out = np.empty(len(histories))
     for lo in range(0, len(histories), SCORE_CHUNK):
         hi = lo + SCORE_CHUNK
         t = None if text_vecs is None else text_vecs[lo:hi]
         q = rec.queries(t, states[lo:hi], fusion)
-        exclude = rec.exclusions(histories[lo:hi], t, stored, fusion)
+        exclude = rec.exclusions(histories[lo:hi], t, rec.stored_vectors, fusion)
         out[lo:hi] = target_ranks(rec.scores(q, exclude), targets[lo:hi])
     return out
 
@@ -286,9 +285,8 @@ def query_memory_ablation(rec: MixupRecommender, text_vecs: np.ndarray, states: 
         hit = memory.lookup(t, cfg.memory_threshold) if np.any(t) else None
         if hit is not None and hit.max() > 0:
             boost[r] = hit / hit.max()
-    stored = rec.stored_vectors([i for h in histories for i in h.bought()])
     q = rec.queries(text_vecs, states)
-    base = rec.scores(q, rec.exclusions(histories, text_vecs, stored))
+    base = rec.scores(q, rec.exclusions(histories, text_vecs, rec.stored_vectors))
     on = base + rec.fusion.lam * boost
     return {"size": len(memory), "hit_rate": float((boost.max(axis=1) > 0).mean()),
             "test_recall@10_off": recall_at_k(target_ranks(base, targets), CHOICE_K),

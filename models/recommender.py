@@ -19,7 +19,7 @@ The stages, each batched:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,21 +152,26 @@ class MixupRecommender:
         return mixup_query(text_vecs, states, fusion or self.fusion, text_dim=self.text_dim)
 
     def exclusions(self, histories: Sequence[History], text_vecs: np.ndarray | None,
-                   stored: Mapping[str, np.ndarray], fusion: Fusion | None = None) -> list[list[str]]:
+                   stored: Callable[[list[str]], Mapping[str, np.ndarray]], fusion: Fusion | None = None
+                   ) -> list[list[str]]:
         """Bought items to leave out of each answer, unless the text names them (a re-buy).
 
-        ``stored`` maps item ids to their stored vectors (the search index's copy: the
-        in-process index here, Milvus in serving); the title half is its first
-        ``text_dim`` entries. Bought items missing from ``stored`` cannot be answered anyway.
+        ``stored(item_ids)`` returns the stored vectors of those items (the search index's
+        copy: the in-process index here, Milvus in serving; the title half is the first
+        ``text_dim`` entries). It is called only when the rule compares text with titles.
         """
-        bought = [[i for i in h.bought() if i in stored] for h in histories]
+        threshold = (fusion or self.fusion).rebuy_threshold
+        if threshold is None or threshold > 1:  # keep them all, or leave them all out: no cosine exceeds 1
+            return rebuy_exclusions([h.bought() for h in histories], lambda r, item: 0.0, threshold)
+        vectors = stored(_bought(histories))
+        bought = [[i for i in h.bought() if i in vectors] for h in histories]  # the others cannot be answered
         t = (np.zeros((len(histories), self.text_dim), np.float32) if text_vecs is None
              else np.asarray(text_vecs, np.float32))
 
         def text_sim(r: int, item: str) -> float:
-            return float(t[r] @ np.asarray(stored[item][:self.text_dim], np.float32))
+            return float(t[r] @ np.asarray(vectors[item][:self.text_dim], np.float32))
 
-        return rebuy_exclusions(bought, text_sim, (fusion or self.fusion).rebuy_threshold)
+        return rebuy_exclusions(bought, text_sim, threshold)
 
     # -- stage 3: the search (Milvus in serving; exact and in process here) -----------------
     def stored_vectors(self, item_ids: Sequence[str]) -> dict[str, np.ndarray]:
@@ -191,7 +196,7 @@ class MixupRecommender:
         texts = list(texts) if texts is not None else self.generate(histories)
         text_vecs = self.text_vectors(texts)
         q = self.queries(text_vecs, self.user_states(histories))
-        exclude = self.exclusions(histories, text_vecs, self.stored_vectors(_bought(histories)))
+        exclude = self.exclusions(histories, text_vecs, self.stored_vectors)
         return [Ranked(hits, text, LLM_PATH)
                 for hits, text in zip(self.search(q, exclude, k), texts, strict=True)]
 
@@ -199,7 +204,7 @@ class MixupRecommender:
         """The fast path with no LLM: the same search at λ = 0 (the stream's fallback)."""
         fusion = self.fusion.with_lambda(0.0)
         q = self.queries(None, self.user_states(histories), fusion)
-        exclude = self.exclusions(histories, None, self.stored_vectors(_bought(histories)), fusion)
+        exclude = self.exclusions(histories, None, self.stored_vectors, fusion)
         return [Ranked(hits, "", ID_ONLY_PATH) for hits in self.search(q, exclude, k)]
 
 

@@ -49,8 +49,7 @@ class Retriever:
         histories = [h for h, _, _ in requests]
         text_vecs = self.rec.text_vectors([t for _, t, _ in requests])
         queries = self.rec.queries(text_vecs, self.rec.user_states(histories))
-        stored = self.items.vectors(i for h in histories for i in h.bought())
-        exclude = self.rec.exclusions(histories, text_vecs, stored)
+        exclude = self.rec.exclusions(histories, text_vecs, self.items.vectors)
         hits = self.items.search(queries, max(k for _, _, k in requests), exclude)
         return [row[:k] for row, (_, _, k) in zip(hits, requests, strict=True)]
 

@@ -37,7 +37,7 @@ def queries_for(rec: MixupRecommender, n: int = 8) -> tuple[list[History], np.nd
     texts = rec.generate(hist)
     vecs = rec.text_vectors(texts)
     q = rec.queries(vecs, rec.user_states(hist))
-    return hist, q, rec.exclusions(hist, vecs, rec.stored_vectors([i for h in hist for i in h.bought()]))
+    return hist, q, rec.exclusions(hist, vecs, rec.stored_vectors)
 
 
 def test_milvus_search_equals_the_in_process_index(milvus, tiny_bundle):

@@ -45,7 +45,7 @@ def test_recommend_is_the_top_of_the_whole_catalog_scores(tiny_bundle):
     texts = [a.generated_text for a in answers]
     vecs = rec.text_vectors(texts)
     q = rec.queries(vecs, rec.user_states(hist))
-    scores = rec.scores(q, rec.exclusions(hist, vecs, rec.stored_vectors([i for h in hist for i in h.bought()])))
+    scores = rec.scores(q, rec.exclusions(hist, vecs, rec.stored_vectors))
     for answer, row in zip(answers, scores, strict=True):
         assert answer.path == LLM_PATH and len(answer.items) == 10
         assert [h.item_id for h in answer.items] == [rec.item_ids[j] for j in np.argsort(-row, kind="stable")[:10]]
@@ -76,8 +76,7 @@ def test_bought_items_are_left_out_unless_the_text_names_them(tiny_bundle):
         assert not set(h.bought()) & {i.item_id for i in answer.items}
     named = MixupRecommender(bundle, fusion=Fusion(0.5, f.id_half, f.sigma, 0.9))
     h = hist[0]
-    exclude = named.exclusions([h], named.text_vectors([titles[h.bought()[0]]]),
-                               named.stored_vectors(h.bought()))[0]
+    exclude = named.exclusions([h], named.text_vectors([titles[h.bought()[0]]]), named.stored_vectors)[0]
     assert h.bought()[0] not in exclude, "a text naming the bought item predicts a re-buy"
     assert set(exclude) <= set(h.bought())
 
