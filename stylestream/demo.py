@@ -134,12 +134,10 @@ def run_demo(settings: Settings, users: int = 600, items: int = 1000, seed: int 
     _, _, test = data.parts()
     run_home = settings.home / "demo-run"
     shutil.rmtree(run_home, ignore_errors=True)  # a fresh broker each run: counts start at zero
-    # On 2 CPU cores one LLM answer costs about a second: one Generator replica on one thread and a
-    # deadline of a few seconds let the LLM answer what it can while the fast path, on the other
-    # core, answers the rest.
+    # On 2 CPU cores one LLM answer costs about a second: one Generator replica and a deadline
+    # of a few seconds let the LLM answer what it can while the fast path answers the rest.
     run_settings = Settings.from_env(home=run_home, dataset=settings.dataset_dir, bundle=bundle.folder,
-                                     serving_timeout_ms=8000.0, serving_max_in_flight=4, gen_max_replicas=1,
-                                     gen_threads=1)
+                                     serving_timeout_ms=8000.0, serving_max_in_flight=4, gen_max_replicas=1)
     with DevStack(run_settings) as stack:
         with console.status("starting the broker, Milvus Lite, Ray Serve (Generator, Retriever, ingress) "
                             "and a stream worker"):
