@@ -1,1 +1,3 @@
-"""Keeps Milvus mix-up vectors in sync with catalog.updates: the next milestone; not built yet."""
+"""Keeps Milvus's mix-up vectors true to the catalog: builds a bundle's collection
+(:mod:`indexer.build`), applies ``catalog.updates`` as they come (:mod:`indexer.agents`,
+``python -m indexer worker``) and finds and repairs drift (:mod:`indexer.reconcile`)."""

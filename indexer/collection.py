@@ -2,11 +2,14 @@
 
 One row per catalog item: ``item_id`` (primary key), ``vector`` = x_i = [t̂_i ; e_i]
 (λ-free: the fusion weights live on the query side, :mod:`models.mixup`), ``title``,
-``category``, ``in_stock``, ``imputed``, ``bundle_version`` and ``ts`` (the catalog time
-of the row's last update). Each bundle gets a collection of its own, named after its
-version; the alias (``STYLESTREAM_MILVUS_COLLECTION``) is switched to a collection only
-once it is complete and loaded, so readers never see a half-built index. A Retriever
-searches its own bundle's collection, so during a rollout old and new replicas each
+``category``, ``in_stock``, ``imputed``, ``bundle_version``, ``ts`` (the catalog time of
+the row's last update) and ``indexed_at`` (when it was written: a rebuild catches up on
+rows written while it ran). Each bundle gets a collection of its own, named after its
+version (a rebuild of the same version adds a ``__g<time>`` generation), and the
+collection's properties name the bundle folder that made it; the alias
+(``STYLESTREAM_MILVUS_COLLECTION``) is switched to a collection only once it is complete and
+loaded, so readers never see a half-built index. A Retriever searches its own bundle's
+collection, so during a rollout old and new replicas each
 search the vectors their models made.
 
 The same code runs against Milvus Lite's server (the embedded default), a Milvus server
@@ -25,12 +28,15 @@ from typing import Any
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from stylestream.records import FIELD_MAX_BYTES, ITEM_ID_MAX_BYTES, TITLE_MAX_BYTES
 
-TITLE_MAX = 1024
-CATEGORY_MAX = 256
-ID_MAX = 256
+log = logging.getLogger(__name__)
+# Milvus Lite's server has no mvcc timestamp to give an iterator; pymilvus warns on every batch.
+logging.getLogger("pymilvus.client.iterator.query_iterator").setLevel(logging.ERROR)
+
+ABOUT = "stylestream."  # prefix of the collection properties this project writes
 OUTPUT_FIELDS = ["item_id", "title", "category"]
+ROW_FIELDS = ["item_id", "title", "category", "in_stock", "imputed", "bundle_version", "ts", "indexed_at"]
 FLAT_BELOW = 20_000  # smaller catalogs are searched exactly: as fast, and no recall loss
 HNSW_PARAMS = {"M": 16, "efConstruction": 200}
 
@@ -74,26 +80,37 @@ class ItemCollection:
         self.name = name
 
     # -- creating and filling -------------------------------------------------------------
-    def create(self, dim: int, index: str = "FLAT") -> ItemCollection:
+    def create(self, dim: int, index: str = "FLAT", about: dict[str, str] | None = None) -> ItemCollection:
+        """A new empty collection; ``about`` is kept as its properties (``stylestream.<key>``)."""
         from pymilvus import DataType
 
         schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field("item_id", DataType.VARCHAR, is_primary=True, max_length=ID_MAX)
+        schema.add_field("item_id", DataType.VARCHAR, is_primary=True, max_length=ITEM_ID_MAX_BYTES)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
-        schema.add_field("title", DataType.VARCHAR, max_length=TITLE_MAX)
-        schema.add_field("category", DataType.VARCHAR, max_length=CATEGORY_MAX)
+        schema.add_field("title", DataType.VARCHAR, max_length=TITLE_MAX_BYTES)
+        schema.add_field("category", DataType.VARCHAR, max_length=FIELD_MAX_BYTES)
         schema.add_field("in_stock", DataType.BOOL)
         schema.add_field("imputed", DataType.BOOL)
         schema.add_field("bundle_version", DataType.VARCHAR, max_length=64)
         schema.add_field("ts", DataType.DOUBLE)
+        schema.add_field("indexed_at", DataType.DOUBLE)
         params = self.client.prepare_index_params()
         params.add_index(field_name="vector", index_type=index, metric_type="IP",
                          params=HNSW_PARAMS if index == "HNSW" else {})
         self.client.create_collection(self.name, schema=schema, index_params=params)
+        if about:
+            self.client.alter_collection_properties(self.name, properties={f"{ABOUT}{k}": str(v)
+                                                                           for k, v in about.items()})
         return self
 
     def upsert(self, rows: Sequence[dict[str, Any]]) -> int:
         return int(self.client.upsert(self.name, list(rows)).get("upsert_count", len(rows)))
+
+    def delete(self, item_ids: Sequence[str]) -> int:
+        if not item_ids:
+            return 0
+        self.client.delete(self.name, ids=list(item_ids))  # answers a dict or a list, by pymilvus version
+        return len(item_ids)
 
     def insert(self, rows: Sequence[dict[str, Any]]) -> int:
         return int(self.client.insert(self.name, list(rows)).get("insert_count", len(rows)))
@@ -127,6 +144,31 @@ class ItemCollection:
                     for h in hits if h["entity"]["item_id"] not in skip]
             out.append(rows[:k])
         return out
+
+    def rows(self, item_ids: Iterable[str], vectors: bool = False) -> dict[str, dict[str, Any]]:
+        """The stored rows of the given items, by id (missing items are absent)."""
+        ids = list(dict.fromkeys(str(i) for i in item_ids))
+        if not ids:
+            return {}
+        fields = ROW_FIELDS + (["vector"] if vectors else [])
+        return {r["item_id"]: dict(r) for r in self.client.get(self.name, ids=ids, output_fields=fields)}
+
+    def scan(self, fields: Sequence[str] = tuple(ROW_FIELDS), filter: str = "",
+             batch_size: int = 4000) -> Iterable[dict[str, Any]]:
+        """Every row (``fields`` of it) matching ``filter``, in batches: the whole catalog
+        without Milvus's 16,384-row query limit."""
+        it = self.client.query_iterator(self.name, batch_size=batch_size, filter=filter,
+                                        output_fields=list(fields))
+        try:
+            while batch := it.next():
+                yield from batch
+        finally:
+            it.close()
+
+    def about(self) -> dict[str, str]:
+        """What the collection's creator wrote about it (the bundle folder and version)."""
+        props = self.client.describe_collection(self.name).get("properties") or {}
+        return {k[len(ABOUT):]: v for k, v in props.items() if k.startswith(ABOUT)}
 
     def vectors(self, item_ids: Iterable[str]) -> dict[str, np.ndarray]:
         """Stored vectors of the given items (missing items are absent from the answer)."""
@@ -164,6 +206,17 @@ def switch_alias(client: Any, alias: str, name: str) -> str | None:
         client.alter_alias(name, alias)
     log.info("alias %s -> %s (was %s)", alias, name, before)
     return before
+
+
+def resolve_collection(client: Any, alias: str, version: str) -> str | None:
+    """The collection that serves bundle ``version``: the alias's target when it holds that
+    version, else the newest of that version's collections (a rollout's old replicas)."""
+    base = collection_name(alias, version)
+    target = alias_target(client, alias)
+    if target is not None and (target == base or target.startswith(base + "__g")):
+        return target
+    mine = sorted(c for c in client.list_collections() if c == base or c.startswith(base + "__g"))
+    return mine[-1] if mine else None
 
 
 def wait_loaded(client: Any, name: str, timeout: float = 120.0) -> None:

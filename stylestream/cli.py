@@ -25,10 +25,13 @@ app = typer.Typer(help="stylestream: streaming fashion recommendations (LLM + mi
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 data_app = typer.Typer(help="Create, import and inspect data sets (internal parquet format).", no_args_is_help=True)
 import_app = typer.Typer(help="Import a public fashion data set into the internal format.", no_args_is_help=True)
-index_app = typer.Typer(help="Milvus: the bundle's mix-up item vectors, one collection per bundle.",
-                        no_args_is_help=True)
+index_app = typer.Typer(help="Milvus: the bundle's mix-up item vectors, one collection per bundle, kept true to the "
+                             "catalog.", no_args_is_help=True)
+catalog_app = typer.Typer(help="Feed catalog changes to catalog.updates (the indexer applies them to Milvus).",
+                          no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(index_app, name="index")
+app.add_typer(catalog_app, name="catalog")
 data_app.add_typer(import_app, name="import")
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -40,13 +43,16 @@ def friendly(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from indexer.catalog_file import CatalogFileError
+        from indexer.sync import NoLiveCollection
         from models.bundle import BundleError
         from models.data import DataError
         from stylestream.devstack import BrokerError
 
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, DataError, BrokerError, BundleError, FileNotFoundError, PermissionError) as exc:
+        except (ConfigError, DataError, BrokerError, BundleError, CatalogFileError, NoLiveCollection,
+                FileNotFoundError, PermissionError) as exc:
             err.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
@@ -187,8 +193,10 @@ def up(
         help="serve the bundle's LLM path (Milvus + Ray Serve) when STYLESTREAM_BUNDLE holds one")] = True,
     ray: Annotated[bool, typer.Option(help="start local Ray (dashboard on 127.0.0.1)")] = True,
     milvus: Annotated[bool, typer.Option(help="start the embedded Milvus Lite server (or use MILVUS_URI)")] = True,
+    indexer: Annotated[bool, typer.Option(
+        help="run the indexer worker (catalog.updates → Milvus) beside a served bundle")] = True,
 ) -> None:
-    """Start the stack (broker, topics, Milvus, Ray Serve, workers) and run until Ctrl-C."""
+    """Start the stack (broker, topics, Milvus, Ray Serve, indexer, workers) and run until Ctrl-C."""
     from stylestream.devstack import DevStack
 
     s = settings()
@@ -204,6 +212,8 @@ def up(
                 stack.start_milvus()
             if serving:
                 stack.start_serving()
+                if indexer:
+                    stack.start_indexer()
             elif ray:
                 stack.start_ray()
             started = [stack.start_worker() for _ in range(workers)]
@@ -211,6 +221,8 @@ def up(
                  "workers " + ", ".join(f"{w.worker_id} (http://127.0.0.1:{w.web_port}/stats/)" for w in started)]
         if stack.milvus_uri:
             parts.append(f"Milvus {stack.milvus_uri}")
+        if stack.indexer is not None:
+            parts.append(f"indexer (http://127.0.0.1:{stack.indexer.web_port}/stats/)")
         if stack.serving_url:
             parts.append(f"Serve {stack.serving_url}/recommend")
         if stack.ray_started:
@@ -220,7 +232,7 @@ def up(
             console.print(f"[yellow]no bundle at {s.bundle_dir}[/yellow]: the stream answers with the baseline "
                           "(build one with `stylestream train --out DIR`)")
         while not stop.is_set():
-            for w in started:
+            for w in started + ([stack.indexer] if stack.indexer is not None else []):
                 if w.proc.poll() is not None:
                     raise ConfigError(f"{w.worker_id} exited with code {w.proc.returncode}; see {w.log_path}")
             stop.wait(1.0)
@@ -406,8 +418,12 @@ def index_build_cmd(
     rebuild: Annotated[bool, typer.Option(help="rebuild the collection even if it is complete")] = False,
     index: Annotated[str, typer.Option(help="vector index: auto (FLAT below 20,000 items, else HNSW), FLAT or HNSW")]
     = "auto",
+    catalog: Annotated[str, typer.Option(
+        help="which catalog to index: live (the collection the alias serves now, kept current by the indexer), "
+             "bundle (the bundle's own), auto = live when there is one")] = "auto",
 ) -> None:
-    """Load every catalog item's vector into the bundle's collection, then switch the alias to it."""
+    """Load every catalog item's vector into a new collection beside the live one, switch the alias to it,
+    catch up on updates that landed meanwhile, and drop collections older than the previous one."""
     from indexer.build import build_index
     from indexer.collection import connect
     from models.bundle import Bundle
@@ -415,16 +431,129 @@ def index_build_cmd(
 
     if index not in ("auto", "FLAT", "HNSW"):
         raise ConfigError(f"--index must be auto, FLAT or HNSW, not {index!r}")
+    if catalog not in ("auto", "live", "bundle"):
+        raise ConfigError(f"--catalog must be auto, live or bundle, not {catalog!r}")
     s = settings(bundle=bundle)
     loaded = Bundle.load(s.bundle_dir)
     with DevStack(s) as stack:
         client = connect(stack.start_milvus(), s.milvus_token)
-        report = build_index(client, loaded, s.milvus_collection, index=index, rebuild=rebuild)
-        client.close()
+        try:
+            report = build_index(client, loaded, s.milvus_collection, index=index, rebuild=rebuild, catalog=catalog)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        finally:
+            client.close()
     console.print(f"[green]indexed[/green] {report.rows:,} items of {loaded.version} into {report.collection} "
                   f"({report.index}, {report.seconds} s{', reused' if report.reused else ''}); alias "
                   f"{report.alias} now points at it" + (f"; dropped {', '.join(report.dropped)}" if report.dropped
                                                          else ""))
+
+
+def _live_collection(s: Settings, stack: Any) -> tuple[Any, Any]:
+    """(client, the collection behind the alias) on the stack's Milvus."""
+    from indexer.collection import ItemCollection, alias_target, connect
+    from indexer.sync import NoLiveCollection
+
+    client = connect(stack.start_milvus(), s.milvus_token)
+    name = alias_target(client, s.milvus_collection)
+    if name is None:
+        client.close()
+        raise NoLiveCollection(f"Milvus alias {s.milvus_collection} points at no collection: "
+                               "run `stylestream index build` first")
+    return client, ItemCollection(client, name)
+
+
+@index_app.command("reconcile")
+@friendly
+def index_reconcile_cmd(
+    catalog: Annotated[Path, typer.Option(help="the catalog to compare with: a data set folder, items.parquet, "
+                                               "a CSV with item_id,title or H&M articles*.csv")],
+    repair: Annotated[bool, typer.Option(help="fix what differs (upsert missing and stale rows, delete extra)")]
+    = False,
+    vector_sample: Annotated[int, typer.Option(min=0, help="rows whose vectors are re-made and compared (0 = all)")]
+    = 1000,
+    bundle: BundleOpt = None,
+) -> None:
+    """List drift between Milvus and a catalog file: missing items, items the catalog no longer has, stale
+    fields, stale vectors. Exit code 1 while drift remains (after --repair: if the repair left some)."""
+    from indexer.catalog_file import read_catalog
+    from indexer.reconcile import find_drift
+    from indexer.reconcile import repair as repair_drift
+    from indexer.sync import CatalogSync
+    from stylestream.devstack import DevStack
+
+    s = settings(bundle=bundle)
+    frame = read_catalog(catalog)
+    with DevStack(s) as stack:
+        client, live = _live_collection(s, stack)
+        try:
+            vectorizer = CatalogSync(client, s.milvus_collection, s.bundle_dir).live()[1]
+            drift = find_drift(live, frame, vectorizer, vector_sample)
+            _print_drift(drift)
+            if repair and drift.total:
+                repair_drift(live, frame, vectorizer, drift)
+                drift = find_drift(live, frame, vectorizer, vector_sample)
+                _print_drift(drift, "after repair")
+        finally:
+            client.close()
+    if drift.total:
+        raise typer.Exit(1)
+
+
+def _print_drift(drift: Any, when: str = "") -> None:
+    table = Table(title=f"{drift.collection}: {drift.indexed_items:,} indexed, {drift.catalog_items:,} in the "
+                        f"catalog {when}".strip())
+    for col in ("drift", "items", "examples"):
+        table.add_column(col)
+    for name in ("missing", "extra", "stale_fields", "stale_vectors"):
+        ids = getattr(drift, name)
+        table.add_row(name.replace("_", " "), f"{len(ids):,}", ", ".join(ids[:5]))
+    console.print(table)
+    console.print(("[green]no drift[/green]" if not drift.total else f"[yellow]{drift.total:,} items drift[/yellow]")
+                  + f" ({drift.vectors_checked:,} vectors re-made and compared)")
+
+
+@index_app.command("stats")
+@friendly
+def index_stats_cmd() -> None:
+    """Items in the live collection by state: trained ID vector, imputed, in and out of stock."""
+    from indexer.reconcile import index_stats
+    from stylestream.devstack import DevStack
+
+    s = settings()
+    with DevStack(s) as stack:
+        client, live = _live_collection(s, stack)
+        try:
+            stats = index_stats(live)
+        finally:
+            client.close()
+    table = Table(title=f"alias {s.milvus_collection}", show_header=False)
+    for key, value in stats.items():
+        table.add_row(key.replace("_", " "), f"{value:,}" if isinstance(value, int) else str(value))
+    console.print(table)
+
+
+@catalog_app.command("publish")
+@friendly
+def catalog_publish_cmd(
+    file: Annotated[Path, typer.Argument(help="a data set folder, items.parquet, a CSV with item_id,title, "
+                                              "or H&M articles*.csv")],
+    ts: Annotated[float | None, typer.Option(help="catalog time of the updates (default: now)")] = None,
+    rate: Annotated[float, typer.Option(min=0, help="records/s (0 = as fast as the broker takes them)")] = 0.0,
+    limit: Annotated[int, typer.Option(min=0, help="publish only the first N items (0 = all)")] = 0,
+) -> None:
+    """Turn a catalog file into catalog.updates upserts (key item_id) on the running stack's broker."""
+    from indexer.catalog_file import publish_catalog, read_catalog
+
+    s = settings()
+    if not s.kafka_bootstrap_servers:
+        raise ConfigError("set KAFKA_BOOTSTRAP_SERVERS to the broker to publish to (see `stylestream up`)")
+    frame = read_catalog(file)
+    if limit:
+        frame = frame.head(limit)
+    started = time.monotonic()
+    sent = publish_catalog(frame, s.kafka_bootstrap_servers, ts=ts, rate=rate)
+    console.print(f"published {sent:,} catalog updates in {time.monotonic() - started:.1f} s")
 
 
 @app.command("config")

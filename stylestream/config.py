@@ -79,6 +79,10 @@ class Settings:
     max_request_history: int = setting(200, "most history events a /recommend request may carry")
     milvus_collection: str = setting("stylestream_items", "Milvus alias of the live item collection")
     milvus_token: str = setting("", "Milvus token (user:password or API key) for a secured server")
+    index_batch_size: int = setting(256, "indexer: most catalog updates written to Milvus in one upsert")
+    index_batch_wait_ms: float = setting(200.0, "indexer: longest wait for a batch to fill (an update is searchable "
+                                                "this long after it arrives, plus the write)")
+    indexer_web_port: int = setting(6067, "indexer worker web port (/stats/)")
     log_level: str = setting("INFO", "logging level")
 
     @classmethod
@@ -117,7 +121,7 @@ class Settings:
             raise ConfigError(f"{env_name('gen_max_batch_size')} must be 0 (auto) or more, "
                               f"not {self.gen_max_batch_size}")
         for name in ("topic_partitions", "sequence_length", "recs_k", "serving_max_in_flight",
-                     "retriever_replicas", "max_request_history"):
+                     "retriever_replicas", "max_request_history", "index_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{env_name(name)} must be at least 1, not {getattr(self, name)}")
 

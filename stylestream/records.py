@@ -10,7 +10,7 @@ import base64
 import json
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 CLICKS = "events.clicks"
 PURCHASES = "events.purchases"
@@ -45,7 +45,18 @@ class PurchaseEvent(_Record):
     quantity: int | None = Field(default=None, ge=1)
 
 
+# The largest catalog fields the index stores (UTF-8 bytes); longer ones are refused with the
+# reason (dead-lettered), never cut silently.
+ITEM_ID_MAX_BYTES = 256
+TITLE_MAX_BYTES = 1024
+FIELD_MAX_BYTES = 256
+
+
 class CatalogUpdate(_Record):
+    """One change to the catalog. An upsert may be partial: a field left out (``None``, or an
+    empty title) keeps the indexed value, so ``{op: upsert, item_id, in_stock: false, ts}``
+    is a stock change alone."""
+
     op: Literal["upsert", "delete"]
     item_id: str = Field(min_length=1)
     title: str = ""
@@ -54,7 +65,16 @@ class CatalogUpdate(_Record):
     colour: str | None = None
     price: float | None = None
     in_stock: bool | None = None
-    ts: float
+    ts: float = Field(description="catalog time of the change, seconds since the epoch; an older one never "
+                                  "overwrites a newer one")
+
+    @field_validator("item_id", "title", "category", "brand", "colour")
+    @classmethod
+    def _fits(cls, value: str | None, info: ValidationInfo) -> str | None:
+        limit = {"item_id": ITEM_ID_MAX_BYTES, "title": TITLE_MAX_BYTES}.get(info.field_name or "", FIELD_MAX_BYTES)
+        if value is not None and len(value.encode()) > limit:
+            raise ValueError(f"longer than {limit} bytes ({len(value.encode())})")
+        return value
 
 
 class RecItem(_Record):
@@ -111,6 +131,29 @@ def parse_event(topic: str, raw: bytes | None) -> ClickEvent | PurchaseEvent:
     kind = EVENT_TYPES.get(topic)
     if kind is None:
         raise BadRecord(f"unknown event kind: topic {topic!r}")
+    data = _json_object(raw)
+    declared = data.get("kind")
+    if declared is not None and declared != ("click" if kind is ClickEvent else "purchase"):
+        raise BadRecord(f"unknown event kind: {declared!r} on topic {topic}")
+    try:
+        return kind.model_validate(data)
+    except ValidationError as exc:
+        raise BadRecord(summarise(exc)) from None
+
+
+def parse_catalog_update(raw: bytes | None, key: bytes | None = None) -> CatalogUpdate:
+    """Decode and validate one ``catalog.updates`` record; raise :class:`BadRecord` with the reason."""
+    data = _json_object(raw)
+    try:
+        update = CatalogUpdate.model_validate(data)
+    except ValidationError as exc:
+        raise BadRecord(summarise(exc)) from None
+    if key is not None and key.decode(errors="replace") != update.item_id:
+        raise BadRecord(f"key {key[:64]!r} does not match item_id {update.item_id!r}")
+    return update
+
+
+def _json_object(raw: bytes | None) -> dict:
     if raw is None:
         raise BadRecord("empty value (tombstone)")
     try:
@@ -119,16 +162,10 @@ def parse_event(topic: str, raw: bytes | None) -> ClickEvent | PurchaseEvent:
         raise BadRecord(f"bad JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BadRecord(f"bad JSON: expected an object, got {type(data).__name__}")
-    declared = data.get("kind")
-    if declared is not None and declared != ("click" if kind is ClickEvent else "purchase"):
-        raise BadRecord(f"unknown event kind: {declared!r} on topic {topic}")
-    try:
-        return kind.model_validate(data)
-    except ValidationError as exc:
-        raise BadRecord(_summarise(exc)) from None
+    return data
 
 
-def _summarise(exc: ValidationError) -> str:
+def summarise(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "record"

@@ -343,18 +343,31 @@ def _items(per_item: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
     """Items sold, with text from their article row where there is one."""
     items = per_item.reset_index().rename(columns={"index": "item_id"})
     merged = items.merge(meta, on="item_id", how="left", validate="one_to_one")
-    colour = _clean(merged["colour_group_name"])
-    pattern = _clean(merged["graphical_appearance_name"])
-    ptype = _clean(merged["product_type_name"])
-    group = _clean(merged["product_group_name"])
+    return article_fields(merged).assign(price=merged["price"], first_seen=merged["first_seen"])
+
+
+def article_fields(rows: pd.DataFrame) -> pd.DataFrame:
+    """item_id, title, category, brand, colour of article rows, by the rules of the import."""
+    colour = _clean(rows["colour_group_name"])
+    pattern = _clean(rows["graphical_appearance_name"])
+    ptype = _clean(rows["product_type_name"])
+    group = _clean(rows["product_group_name"])
     titles = [hm_title(n, c, p, t) if isinstance(n, str) else None
-              for n, c, p, t in zip(merged["prod_name"], colour, pattern, ptype, strict=True)]
+              for n, c, p, t in zip(rows["prod_name"], colour, pattern, ptype, strict=True)]
     return pd.DataFrame({
-        "item_id": merged["item_id"],
-        "title": pd.Series(titles, dtype="string"),
+        "item_id": rows["item_id"],
+        "title": pd.Series(titles, dtype="string", index=rows.index),
         "category": ptype.fillna(group).fillna("unknown"),
-        "brand": _clean(merged["index_group_name"]).fillna("H&M"),
+        "brand": _clean(rows["index_group_name"]).fillna("H&M"),
         "colour": colour,
-        "price": merged["price"],
-        "first_seen": merged["first_seen"],
     })
+
+
+def hm_catalog(articles: list[Path], progress: bool = False) -> pd.DataFrame:
+    """Every article of H&M articles file(s), sold or not, as catalog rows (the whole
+    catalogue a shop would index), with titles made as the import makes them."""
+    articles = [require_file(Path(p), "H&M articles") for p in articles]
+    for p in articles:
+        _csv_header(p, "H&M articles", ARTICLE_REQUIRED)
+    meta, _ = _read_articles(articles, progress, Counter())
+    return article_fields(meta).reset_index(drop=True)

@@ -52,6 +52,7 @@ class DevStack:
     settings: Settings
     broker: EmbeddedBroker | None = None
     workers: list[Worker] = field(default_factory=list)
+    indexer: Worker | None = None
     milvus: EmbeddedMilvus | None = None
     milvus_uri: str = ""
     ray_started: bool = False
@@ -90,17 +91,40 @@ class DevStack:
         """
         taken = {w.worker_id for w in self.workers}
         worker_id = next(f"worker-{i}" for i in range(1, len(taken) + 2) if f"worker-{i}" not in taken)
+        worker = self._start_faust("streams", worker_id, "STYLESTREAM_WORKER_WEB_PORT", timeout)
+        self.workers.append(worker)
+        return worker
+
+    def start_indexer(self, timeout: float = 120.0) -> Worker:
+        """Start the indexer's Faust worker (catalog.updates → Milvus); needs Milvus started."""
+        if not self.milvus_uri:
+            self.start_milvus()
+        self.indexer = self._start_faust("indexer", "indexer-1", "STYLESTREAM_INDEXER_WEB_PORT", timeout)
+        return self.indexer
+
+    def stop_indexer(self, kill: bool = False) -> None:
+        import signal
+
+        if self.indexer is not None:
+            stop(self.indexer.proc, signal.SIGKILL if kill else signal.SIGTERM, timeout=30)
+            self.indexer = None
+
+    def _start_faust(self, module: str, worker_id: str, port_variable: str, timeout: float) -> Worker:
         port = free_port()
         self.workers_started += 1
         log_path = self.settings.home / "logs" / f"{worker_id}.{self.workers_started}.log"
         level = {"WARNING": "warn", "CRITICAL": "crit"}.get(self.settings.log_level.upper(),
                                                             self.settings.log_level.lower())
-        argv = [sys.executable, "-m", "streams", "worker", "-l", level]
-        proc = spawn(argv, log_path, env=self.worker_env(port, worker_id), cwd=Path.cwd())
+        env = self.worker_env(port, worker_id)
+        env[port_variable] = str(port)
+        proc = spawn([sys.executable, "-m", module, "worker", "-l", level], log_path, env=env, cwd=Path.cwd())
         worker = Worker(proc, port, log_path, worker_id)
-        self.workers.append(worker)
-        wait_until(lambda: worker.stats()["ready"], timeout, "stream worker", proc, log_path)
-        log.info("stream worker pid %d ready (web 127.0.0.1:%d)", proc.pid, port)
+        try:
+            wait_until(lambda: worker.stats()["ready"], timeout, f"{module} worker", proc, log_path)
+        except BaseException:
+            stop(proc)
+            raise
+        log.info("%s worker %s pid %d ready (web 127.0.0.1:%d)", module, worker_id, proc.pid, port)
         return worker
 
     def stop_worker(self, worker: Worker, kill: bool = False) -> None:
@@ -181,6 +205,7 @@ class DevStack:
     def close(self) -> None:
         for worker in list(self.workers):
             self.stop_worker(worker)
+        self.stop_indexer()
         if self.ray_started:
             import ray
             from ray import serve

@@ -1,0 +1,123 @@
+"""The indexer's data flow: catalog.updates → validate → batch → Milvus upsert / delete.
+
+Batches are ``STYLESTREAM_INDEX_BATCH_SIZE`` updates or whatever arrived within
+``STYLESTREAM_INDEX_BATCH_WAIT_MS``. A batch's offsets are committed only after Milvus
+acknowledged its writes (``take_events`` acks when the next batch is asked for), so a
+crash re-applies a batch and never skips one; re-applying is harmless (same catalog time
+→ same row). When Milvus cannot be reached the agent retries the same batch with
+back-off rather than move on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from indexer.app import app, catalog_topic, deleted_at, dlq_topic, settings
+from indexer.collection import connect
+from indexer.sync import CatalogSync, SyncReport
+from stylestream.records import BadRecord, CatalogUpdate, DeadLetter, parse_catalog_update
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Stats:
+    read: int = 0
+    applied: int = 0  # valid updates handled: upserted + deleted + older
+    upserted: int = 0
+    deleted: int = 0
+    older: int = 0
+    imputed: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    retries: int = 0
+    collection: str = ""
+    last_write_ms: float = 0.0
+
+
+stats = Stats()
+_sync: CatalogSync | None = None
+
+
+def sync() -> CatalogSync:
+    global _sync
+    if _sync is None:
+        _sync = CatalogSync(connect(settings.milvus_uri or _embedded_uri(), settings.milvus_token),
+                            settings.milvus_collection, settings.bundle_dir)
+    return _sync
+
+
+def _embedded_uri() -> str:
+    from stylestream.devstack.milvus import running_endpoint
+
+    uri = running_endpoint(settings.home)
+    if not uri:
+        raise RuntimeError("no Milvus: set MILVUS_URI, or start the stack (`stylestream up`) first")
+    return uri
+
+
+@app.agent(catalog_topic)
+async def apply_catalog_updates(stream):
+    async for events in stream.take_events(settings.index_batch_size, within=settings.index_batch_wait_ms / 1000):
+        updates: list[CatalogUpdate] = []
+        for event in events:
+            stats.read += 1
+            msg = event.message
+            try:
+                updates.append(parse_catalog_update(msg.value, msg.key))
+            except BadRecord as exc:
+                await dead_letter(msg.topic, msg.partition, msg.offset, msg.value, str(exc))
+        if updates:
+            await write(updates)
+
+
+async def write(updates: list[CatalogUpdate]) -> None:
+    """Apply one batch, retrying until Milvus takes it; then remember its deletes."""
+    tombstones = {u.item_id: deleted_at[u.item_id] for u in updates if deleted_at.get(u.item_id) is not None}
+    delay = 0.5
+    while True:
+        try:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            report: SyncReport = await asyncio.to_thread(sync().apply, updates, tombstones)
+            stats.last_write_ms = round(1000 * (loop.time() - started), 1)
+            break
+        except Exception as exc:  # noqa: BLE001 - Milvus down, alias missing: wait and retry the same batch
+            stats.retries += 1
+            log.warning("catalog batch of %d not written (%s); retrying in %.1f s", len(updates), exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+    for item, ts in report.deleted_at.items():
+        deleted_at[item] = ts
+    stats.batches += 1
+    stats.applied += report.applied
+    stats.upserted += report.upserted
+    stats.deleted += report.deleted
+    stats.older += report.older
+    stats.imputed += report.imputed
+    stats.collection = report.collection
+
+
+async def dead_letter(topic: str, partition: int, offset: int, raw: bytes | None, reason: str) -> None:
+    letter = DeadLetter(topic=topic, partition=partition, offset=offset, raw=raw or b"", error=reason)
+    await dlq_topic.send(key=None, value=letter.to_bytes())
+    stats.dead_lettered += 1
+    log.warning("dead-lettered %s[%d]@%d: %s", topic, partition, offset, reason)
+
+
+@app.task
+async def connect_milvus() -> None:
+    """Connect and load the live collection's bundle at start, not on the first update."""
+    try:
+        await asyncio.to_thread(sync().live)
+    except Exception as exc:  # noqa: BLE001 - the first batch retries until it works
+        log.warning("Milvus not ready yet: %s", exc)
+
+
+@app.page("/stats/")
+async def stats_page(web, request):
+    ready = (app.tables.recovery.completed.is_set() and not app.rebalancing and not app.in_recovery
+             and _sync is not None)
+    return web.json({**vars(stats), "ready": ready})
