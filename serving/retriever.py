@@ -3,19 +3,21 @@
 It embeds the generated text with the bundle's title encoder (ONNX), takes the shopper's
 state from SASRec, builds the query vector and the re-buy exclusions with
 :class:`models.recommender.MixupRecommender` (the code evaluation scores), and searches the
-bundle's own Milvus collection, in-stock items only. Requests are batched so one search
+bundle's own Milvus collection (the alias's target while it holds this bundle), in-stock
+items only. Requests are batched so one search
 call answers many shoppers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import torch
 from ray import serve
 
-from indexer.collection import ItemCollection, SearchHit, collection_name, connect
+from indexer.collection import ItemCollection, SearchHit, connect, resolve_collection
 from models.bundle import Bundle
 from models.recommender import History, MixupRecommender
 
@@ -32,13 +34,24 @@ class Retriever:
         self.version = bundle.version
         self.rec = MixupRecommender(bundle)
         self.rec.encoder, self.rec.sasrec  # noqa: B018 - load both now, not on the first request
-        client = connect(milvus_uri, milvus_token)
-        name = collection_name(alias, bundle.version)
-        if not client.has_collection(name):
-            raise MissingIndex(f"Milvus at {milvus_uri} has no collection for bundle {bundle.version} ({name}): "
+        self.client, self.alias = connect(milvus_uri, milvus_token), alias
+        name = resolve_collection(self.client, alias, bundle.version)
+        if name is None:
+            raise MissingIndex(f"Milvus at {milvus_uri} has no collection for bundle {bundle.version}: "
                                f"run `stylestream index build --bundle {bundle_dir}`")
-        client.load_collection(name)
-        self.items = ItemCollection(client, name)
+        self.client.load_collection(name)
+        self.items = ItemCollection(self.client, name)
+        self.resolved_at = time.monotonic()
+
+    def collection(self) -> ItemCollection:
+        """This bundle's live collection, looked up again each second: a rebuild of the same
+        bundle (a new generation behind the alias) is followed without a restart."""
+        if time.monotonic() - self.resolved_at > 1.0:
+            name = resolve_collection(self.client, self.alias, self.version)
+            if name is not None and name != self.items.name:
+                self.items = ItemCollection(self.client, name)
+            self.resolved_at = time.monotonic()
+        return self.items
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def retrieve(self, requests: list[tuple[History, str, int]]) -> list[list[SearchHit]]:
@@ -49,8 +62,9 @@ class Retriever:
         histories = [h for h, _, _ in requests]
         text_vecs = self.rec.text_vectors([t for _, t, _ in requests])
         queries = self.rec.queries(text_vecs, self.rec.user_states(histories))
-        exclude = self.rec.exclusions(histories, text_vecs, self.items.vectors)
-        hits = self.items.search(queries, max(k for _, _, k in requests), exclude)
+        items = self.collection()
+        exclude = self.rec.exclusions(histories, text_vecs, items.vectors)
+        hits = items.search(queries, max(k for _, _, k in requests), exclude)
         return [row[:k] for row, (_, _, k) in zip(hits, requests, strict=True)]
 
     def describe(self) -> dict[str, Any]:

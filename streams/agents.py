@@ -15,12 +15,20 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.app import app, dlq_topic, events_topic, recs_topic, sequences, settings
+from streams.app import app, catalog_state, catalog_topic, dlq_topic, events_topic, recs_topic, sequences, settings
 from streams.sequence_table import UserSequence
 from streams.trigger import IdleTracker, TriggerPolicy
 from stylestream.config import ConfigError, Settings
 from stylestream.recommender import HistoryItem, Recommender, RecommendRequest
-from stylestream.records import BadRecord, ClickEvent, DeadLetter, PurchaseEvent, Recommendation, parse_event
+from stylestream.records import (
+    BadRecord,
+    ClickEvent,
+    DeadLetter,
+    PurchaseEvent,
+    Recommendation,
+    parse_catalog_update,
+    parse_event,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +71,7 @@ def make_recommender(s: Settings) -> Recommender:
         return BaselineRecommender.from_folder(s.dataset_dir)
     from streams.id_only import IdOnlyRecommender
 
-    fast = IdOnlyRecommender.from_folder(s.bundle_dir)
+    fast = IdOnlyRecommender.from_folder(s.bundle_dir, available=offered)
     if mode == "id-only":
         return fast
     if not s.serving_url:
@@ -72,6 +80,12 @@ def make_recommender(s: Settings) -> Recommender:
 
     return ServingRecommender(s.serving_url, fast, timeout_s=s.serving_timeout_ms / 1000,
                               max_in_flight=s.serving_max_in_flight, max_history=s.max_request_history)
+
+
+def offered(item_id: str) -> bool:
+    """Whether the catalog still offers an item (unknown to the catalog stream: yes)."""
+    state = catalog_state.get(item_id)
+    return True if state is None else bool(state["available"])
 
 
 def install_recommender(rec: Recommender) -> None:
@@ -152,6 +166,26 @@ async def dead_letter(topic: str, partition: int, offset: int, raw: bytes | None
     await dlq_topic.send(key=None, value=letter.to_bytes())
     stats.dead_lettered += 1
     log.warning("dead-lettered %s[%d]@%d: %s", topic, partition, offset, reason)
+
+
+@app.agent(catalog_topic)
+async def follow_catalog(stream):
+    """Deletes and stock changes, for the fast path. Bad records are the indexer's to
+    dead-letter; here they are skipped."""
+    async for event in stream.events():
+        try:
+            update = parse_catalog_update(event.message.value, event.message.key)
+        except BadRecord:
+            continue
+        state = catalog_state.get(update.item_id)
+        if state is not None and update.ts < state["ts"]:
+            continue
+        if update.op == "delete":
+            catalog_state[update.item_id] = {"available": False, "deleted": True, "ts": update.ts}
+        else:  # an upsert that leaves stock out keeps it, or brings a deleted item back in stock
+            kept = True if state is None or state.get("deleted") else state["available"]
+            available = update.in_stock if update.in_stock is not None else kept
+            catalog_state[update.item_id] = {"available": available, "deleted": False, "ts": update.ts}
 
 
 @app.timer(interval=1.0)

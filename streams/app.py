@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from stylestream.config import Settings
 from stylestream.faust_app import faust_app
-from stylestream.records import CLICKS, DLQ, PURCHASES, RECS
+from stylestream.records import CATALOG, CLICKS, DLQ, PURCHASES, RECS
 
 settings = Settings.from_env()
 app = faust_app("stylestream", settings, settings.worker_web_port)
@@ -18,7 +18,13 @@ app = faust_app("stylestream", settings, settings.worker_web_port)
 events_topic = app.topic(CLICKS, PURCHASES, key_serializer="raw", value_serializer="raw")
 recs_topic = app.topic(RECS, key_serializer="raw", value_serializer="raw")
 dlq_topic = app.topic(DLQ, key_serializer="raw", value_serializer="raw")
+catalog_topic = app.topic(CATALOG, key_serializer="raw", value_serializer="raw")
 
 # Values are plain JSON dicts (see streams.sequence_table), readable by any Kafka client.
 sequences = app.Table("sequences", default=dict, partitions=settings.topic_partitions,
                       help="rolling per-user event sequence")
+
+# Every worker's copy of what the catalog offers (item_id -> {"available", "ts"}): the
+# in-process fast path leaves out what the catalog deleted or sold out, as Milvus does.
+catalog_state = app.GlobalTable("catalog_state", default=None, partitions=settings.topic_partitions,
+                                help="which items the catalog still offers")

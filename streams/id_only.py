@@ -13,6 +13,7 @@ matters exactly when the LLM path is saturated and every answer comes from here.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -22,9 +23,16 @@ from models.recommender import History, MixupRecommender
 from stylestream.recommender import RecommendRequest, RecommendResult
 from stylestream.records import RecItem
 
+OVERFETCH = 32  # extra candidates per answer, for items the catalog has since withdrawn
+
 
 class IdOnlyRecommender:
-    def __init__(self, bundle: Bundle, max_batch: int = 32, window_ms: float = 2.0):
+    """``available(item_id)`` says whether the catalog still offers an item (deleted and
+    out-of-stock items are left out, as the Milvus search of the LLM path leaves them out)."""
+
+    def __init__(self, bundle: Bundle, max_batch: int = 32, window_ms: float = 2.0,
+                 available: Callable[[str], bool] | None = None):
+        self.available = available or (lambda item: True)
         torch.set_num_threads(1)  # small forwards: more threads only contend with the stream
         self.rec = MixupRecommender(bundle)
         self.model_version = bundle.version
@@ -36,8 +44,8 @@ class IdOnlyRecommender:
         self.rec.sasrec  # noqa: B018
 
     @classmethod
-    def from_folder(cls, folder: Path) -> IdOnlyRecommender:
-        return cls(Bundle.load(folder))
+    def from_folder(cls, folder: Path, available: Callable[[str], bool] | None = None) -> IdOnlyRecommender:
+        return cls(Bundle.load(folder), available=available)
 
     async def recommend(self, request: RecommendRequest) -> RecommendResult:
         loop = asyncio.get_running_loop()
@@ -69,8 +77,9 @@ class IdOnlyRecommender:
     def answer(self, requests: list[RecommendRequest]) -> list[RecommendResult]:
         """Synchronous: one batched SASRec forward and one matrix product for all requests."""
         histories = [History.of([h.item_id for h in r.history], [h.kind for h in r.history]) for r in requests]
-        ranked = self.rec.recommend_id_only(histories, k=max(r.k for r in requests))
+        ranked = self.rec.recommend_id_only(histories, k=max(r.k for r in requests) + OVERFETCH)
         return [RecommendResult(items=[RecItem(item_id=h.item_id, score=round(h.score, 6),
-                                               title=self.titles.get(h.item_id, "")) for h in one.items[:r.k]],
+                                               title=self.titles.get(h.item_id, ""))
+                                       for h in one.items if self.available(h.item_id)][:r.k],
                                 path=one.path, model_version=self.model_version)
                 for r, one in zip(requests, ranked, strict=True)]

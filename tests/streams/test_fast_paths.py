@@ -54,6 +54,19 @@ async def _serve(handler, port_holder: list[int]) -> web.AppRunner:
     return runner
 
 
+def test_the_fast_path_leaves_out_what_the_catalog_withdrew(tiny_bundle):
+    bundle = Bundle.load(tiny_bundle.folder)
+    requests = requests_for(bundle, 4)
+    every = IdOnlyRecommender(bundle).answer(requests)
+    gone = {every[0].items[0].item_id, every[1].items[1].item_id}
+    some = IdOnlyRecommender(bundle, available=lambda item: item not in gone).answer(requests)
+    for full, kept, req in zip(every, some, requests, strict=True):
+        prefix = [i.item_id for i in full.items if i.item_id not in gone]
+        kept_ids = [i.item_id for i in kept.items]
+        assert kept_ids[:len(prefix)] == prefix, "the same order, withdrawn items skipped"
+        assert len(kept_ids) == req.k and not gone & set(kept_ids), "filled up to k from further down"
+
+
 def test_serving_recommender_falls_back_by_reason(tiny_bundle):
     bundle = Bundle.load(tiny_bundle.folder)
     fast = IdOnlyRecommender(bundle)

@@ -1,6 +1,7 @@
 """The live LLM path end to end: events on Kafka → Faust worker → Ray Serve (Generator +
 Retriever over Milvus) → recs.out, on the real embedded broker, Milvus Lite server and
-local Ray, with a tiny bundle; and the stream carrying on when a Generator replica dies."""
+local Ray, with a tiny bundle; catalog updates through the indexer changing what is
+recommended; and the stream carrying on when a Generator replica dies."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from models.bundle import Bundle
 from stylestream.config import Settings
 from stylestream.devstack import DevStack
 from stylestream.devstack.processes import free_port
-from stylestream.records import CLICKS, PURCHASES, RECS
+from stylestream.records import CATALOG, CLICKS, PURCHASES, RECS
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +34,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, tiny_bundle):
         bootstrap = stack.start_broker()
         stack.start_milvus()
         stack.start_serving()
+        stack.start_indexer()
         worker = stack.start_worker()
         watch = TopicWatch(bootstrap, RECS)
         yield stack, bootstrap, worker, watch
@@ -78,6 +80,45 @@ def test_events_become_llm_recommendations_of_catalog_items(live, tiny_bundle):
         assert r["items"] and {i["item_id"] for i in r["items"]} <= catalog
     assert any(r["generated_text"] for r in llm), "the LLM wrote text"
     assert worker.stats()["serving"]["llm"] == len(llm)
+
+
+def ask(url: str, history: list[str]) -> list[str]:
+    import json
+    import urllib.request
+
+    body = {"user_id": "probe", "history": [{"item_id": i, "kind": "click"} for i in history], "k": 10}
+    req = urllib.request.Request(url + "/recommend", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return [i["item_id"] for i in json.loads(r.read())["items"]]
+
+
+def test_withdrawn_items_are_never_recommended(live, tiny_bundle):
+    stack, bootstrap, worker, watch = live
+    items = sorted(Bundle.load(tiny_bundle.folder).items()["item_id"])
+    history = items[10:14]
+    top = ask(stack.serving_url, history)[0]
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+
+    def catalog(op: str, ts: float, **fields: object) -> None:
+        producer.send(CATALOG, key=top.encode(), value=dumps({"op": op, "item_id": top, "ts": ts, **fields}))
+        producer.flush()
+
+    catalog("upsert", 2e9, in_stock=False)
+    wait_for(lambda: top not in ask(stack.serving_url, history), 30, "the sold-out item to leave the answers")
+    catalog("upsert", 2e9 + 1, in_stock=True)
+    wait_for(lambda: top in ask(stack.serving_url, history), 30, "the item back in the answers")
+    catalog("delete", 2e9 + 2)
+    wait_for(lambda: top not in ask(stack.serving_url, history), 30, "the deleted item to leave the answers")
+    producer.close()
+    seen = len(watch.records)
+    shoppers = [f"w{u}" for u in range(4)]
+    send(bootstrap, [(CLICKS, {"event_id": f"{u}-{n}", "user_id": u, "item_id": item, "ts": 1_900_000_000 + n})
+                     for u in shoppers for n, item in enumerate(history)])
+    wait_for(lambda: {r["user_id"] for r in watch.records[seen:]} >= set(shoppers), 60, "their recommendations")
+    answers = [r for r in watch.records[seen:] if r["user_id"] in shoppers]
+    assert all(r["items"] and top not in {i["item_id"] for i in r["items"]} for r in answers), \
+        "a deleted item is never recommended, on any path"
 
 
 def test_a_killed_generator_replica_costs_llm_answers_not_events(live, tiny_bundle):
