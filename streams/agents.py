@@ -44,8 +44,9 @@ class Stats:
 
 
 stats = Stats()
-policy = TriggerPolicy(settings.trigger_every_clicks, settings.trigger_idle_seconds)
-idle = IdleTracker(settings.trigger_idle_seconds)
+policy = TriggerPolicy(settings.trigger_every_clicks, settings.trigger_idle_seconds, settings.trigger_mode,
+                       settings.trigger_from_ts)
+idle = IdleTracker(settings.trigger_idle_seconds if settings.trigger_mode == "live" else 0.0)
 _recommender: Recommender | None = None
 
 
@@ -121,7 +122,7 @@ async def apply_event(ev: ClickEvent | PurchaseEvent, source: tuple[str, int, in
         stats.duplicates += 1
         return
     kind = "purchase" if isinstance(ev, PurchaseEvent) else "click"
-    fire = policy.on_event(kind, seq.clicks_since_rec)
+    fire = policy.on_event(kind, seq.clicks_since_rec, ev.ts)
     if fire:
         seq.clicks_since_rec = 0
     sequences[ev.user_id] = seq.to_dict()

@@ -45,17 +45,26 @@ def event_records(interactions: pd.DataFrame, id_prefix: str) -> Iterator[tuple[
 
 def replay(interactions: pd.DataFrame, bootstrap: str, id_prefix: str, rate: float = 0.0,
            progress: ReplayProgress | None = None, stop: threading.Event | None = None,
-           on_send: Callable[[str, bytes, bytes], None] | None = None) -> ReplayProgress:
-    """Produce every interaction; ``rate`` events/s (0 = as fast as the producer goes)."""
+           on_send: Callable[[str, bytes, bytes], None] | None = None, speed: float = 0.0,
+           before_send: Callable[[], None] | None = None) -> ReplayProgress:
+    """Produce every interaction; ``rate`` events/s, or ``speed`` × the log's own event times
+    (0 = as fast as the producer goes). ``before_send`` may block: back-pressure from the
+    consumer side ("as fast as the system takes them")."""
     progress = progress or ReplayProgress()
     progress.total, progress.started = len(interactions), time.monotonic()
+    times = interactions["ts"].astype("int64").to_numpy() / 1e3 if len(interactions) else []
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks=1)
     try:
         for topic, key, value in event_records(interactions, id_prefix):
             if stop is not None and stop.is_set():
                 break
-            if rate > 0:
+            if speed > 0:
+                _sleep_until(progress.started + (times[progress.sent] - times[0]) / speed)
+            elif rate > 0:
                 _pace(progress, rate)
+            if before_send is not None:
+                producer.flush()
+                before_send()
             producer.send(topic, key=key, value=value)
             progress.sent += 1
             if on_send is not None:
@@ -68,7 +77,10 @@ def replay(interactions: pd.DataFrame, bootstrap: str, id_prefix: str, rate: flo
 
 
 def _pace(progress: ReplayProgress, rate: float) -> None:
-    due = progress.started + progress.sent / rate
+    _sleep_until(progress.started + progress.sent / rate)
+
+
+def _sleep_until(due: float) -> None:
     delay = due - time.monotonic()
     if delay > 0:
         time.sleep(delay)

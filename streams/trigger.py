@@ -5,15 +5,21 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+TRIGGER_MODES = ("live", "every-event", "off")
+
 
 @dataclass(frozen=True)
 class TriggerPolicy:
     every_clicks: int = 5  # 0: clicks alone never trigger
     idle_seconds: float = 30.0  # 0: no idle trigger
+    mode: str = "live"  # every-event: each event triggers (replay evaluation); off: none does
+    from_ts: float = 0.0  # older events (event time) fill the sequence and trigger nothing
 
-    def on_event(self, kind: str, clicks_since_rec: int) -> bool:
+    def on_event(self, kind: str, clicks_since_rec: int, ts: float | None = None) -> bool:
         """Decide for an event that was just applied to the shopper's sequence."""
-        if kind == "purchase":
+        if self.mode == "off" or (ts is not None and ts < self.from_ts):
+            return False
+        if self.mode == "every-event" or kind == "purchase":
             return True
         return self.every_clicks > 0 and clicks_since_rec >= self.every_clicks
 

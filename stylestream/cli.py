@@ -277,22 +277,71 @@ def serve_cmd(
 @friendly
 def replay_cmd(
     dataset: Annotated[Path | None, typer.Option(help="data set folder (default: STYLESTREAM_DATASET)")] = None,
-    period: Annotated[str, typer.Option(help="train, val, test or all")] = "test",
+    period: Annotated[str, typer.Option(help="train, val, test (or all, without --evaluate)")] = "test",
     rate: Annotated[float, typer.Option(min=0, help="events/s (0 = as fast as possible)")] = 0.0,
+    speed: Annotated[float, typer.Option(
+        min=0, help="pace by the log's own event times, N× real time (0 = as fast as the stack takes them)")] = 0.0,
+    evaluate: Annotated[bool, typer.Option(
+        help="start the whole stack, replay, join each recommendation with the next purchase and write a report "
+             "(Recall/NDCG/MRR by path, coverage, latency, throughput, agreement with `eval`)")] = False,
+    bundle: BundleOpt = None,
+    users: Annotated[int, typer.Option(min=0, help="--evaluate: shoppers sampled (0 = all who buy in the period)")]
+    = 40,
+    trigger: Annotated[str, typer.Option(
+        help="--evaluate: every-event (a recommendation before every purchase, to compare with `eval`) or live "
+             "(the production trigger)")] = "every-event",
+    max_pending: Annotated[int, typer.Option(
+        min=1, help="--evaluate without --speed: the next event waits while this many recommendations are open")]
+    = 4,
+    seed: Seed = 0,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="report folder (default: $STYLESTREAM_HOME/reports/replay-<dataset>-<timestamp>)")]
+    = None,
 ) -> None:
-    """Replay a data set's events, in time order, into the topics of a running stack."""
+    """Replay a data set's events in time order: into a running stack, or (--evaluate) through a stack of its
+    own, measuring the live path like the offline evaluation."""
     from models.data import Dataset
     from streams.replay import replay
 
-    s = settings()
+    s = settings(bundle=bundle)
+    if period not in ("train", "val", "test", "all") or (evaluate and period == "all"):
+        raise ConfigError(f"--period must be train, val or test{'' if evaluate else ' or all'}, not {period!r}")
+    if trigger not in ("every-event", "live"):
+        raise ConfigError(f"--trigger must be every-event or live, not {trigger!r}")
+    folder = dataset or s.dataset_dir
+    data = Dataset.load(folder)
+    if evaluate:
+        from stylestream.replay_eval import run_replay_evaluation
+
+        report = out or s.home / "reports" / f"replay-{data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        try:
+            result = run_replay_evaluation(s, data, folder, s.bundle_dir, report, period=period, speed=speed,
+                                           users=users, trigger=trigger, seed=seed, max_pending=max_pending,
+                                           console=console)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        k = result.config["k"]
+        table = Table(title=f"replay of {data.name} ({period}): {result.counts['recommendations']:,} recommendations")
+        for col in ("path", f"Recall@{k}", f"NDCG@{k}", f"MRR@{k}", "scored"):
+            table.add_column(col)
+        rows = {**result.by_path}
+        if result.comparison.get("n"):
+            rows.update({"llm before a purchase": result.comparison["live"],
+                         "offline, same events": result.comparison["offline"]})
+        for name, m in rows.items():
+            table.add_row(name, f"{m[f'recall@{k}']:.4f}", f"{m[f'ndcg@{k}']:.4f}", f"{m[f'mrr@{k}']:.4f}",
+                          f"{m['n']:,}")
+        console.print(table)
+        for note in result.notes:
+            console.print(f"- {note}")
+        console.print(f"[green]report[/green] {report}")
+        return
     if not s.kafka_bootstrap_servers:
-        raise ConfigError("set KAFKA_BOOTSTRAP_SERVERS to the broker to replay into (see `stylestream up`)")
-    if period not in ("train", "val", "test", "all"):
-        raise ConfigError(f"--period must be train, val, test or all, not {period!r}")
-    data = Dataset.load(dataset or s.dataset_dir)
+        raise ConfigError("set KAFKA_BOOTSTRAP_SERVERS to the broker to replay into (see `stylestream up`), "
+                          "or pass --evaluate to replay through a stack of its own")
     frames = dict(zip(("train", "val", "test"), data.parts(), strict=True), all=data.interactions)
     started = time.monotonic()
-    result = replay(frames[period], s.kafka_bootstrap_servers, data.data_hash()[:8], rate=rate)
+    result = replay(frames[period], s.kafka_bootstrap_servers, data.data_hash()[:8], rate=rate, speed=speed)
     console.print(f"replayed {result.sent:,} events in {time.monotonic() - started:.1f} s ({result.rate:,.0f}/s)")
 
 

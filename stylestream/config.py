@@ -39,6 +39,10 @@ class Settings:
     trigger_every_clicks: int = setting(5, "recommend after every k-th click (0 = never on clicks)")
     trigger_idle_seconds: float = setting(30.0,
                                           "recommend when a user with unserved clicks is idle this long (0 = off)")
+    trigger_mode: str = setting("live", "live: purchases, every k-th click and idle shoppers trigger; every-event: "
+                                        "every event does (replay evaluation); off: nothing does")
+    trigger_from_ts: float = setting(0.0, "events older than this (event time, s) fill sequences but trigger "
+                                          "nothing: a replay's warm-up history")
     recs_k: int = setting(10, "items per recommendation")
     dataset: Path = setting(Path(""), "data set folder the worker's recommender loads (empty = home/data/synth)")
     worker_id: str = setting("worker-1", "static group member id of a stream worker (KIP-345): "
@@ -106,6 +110,8 @@ class Settings:
         if self.recommender not in ("auto", "serving", "id-only", "baseline"):
             raise ConfigError(f"{env_name('recommender')} must be auto, serving, id-only or baseline, "
                               f"not {self.recommender!r}")
+        if self.trigger_mode not in ("live", "every-event", "off"):
+            raise ConfigError(f"{env_name('trigger_mode')} must be live, every-event or off, not {self.trigger_mode!r}")
         if self.gen_engine not in ("onnx", "torch"):
             raise ConfigError(f"{env_name('gen_engine')} must be onnx or torch, not {self.gen_engine!r}")
         if self.gen_num_gpus != "auto":
