@@ -24,7 +24,8 @@ def test_plan_and_join_find_the_next_purchase(tiny_bundle):
     user = plan.users[0]
     mine = pd.concat([plan.warm, plan.period]).sort_values("ts", kind="stable")
     mine = mine[mine["user_id"] == user]
-    buys = [i for i, kind in zip(mine.index, mine["kind"], strict=True) if kind == "purchase" and i in plan.period.index]
+    buys = [i for i, kind in zip(mine.index, mine["kind"], strict=True)
+            if kind == "purchase" and i in plan.period.index]
     before = mine.index[list(mine.index).index(buys[0]) - 1]
     rec = {"trigger_event_id": f"p-{before}", "path": "llm", "items": [{"item_id": "x"}], "latency_ms": 1.0,
            "produced_at": 0.0}
