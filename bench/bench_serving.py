@@ -91,6 +91,10 @@ class MilvusServer:
     def __init__(self, data_dir: Path):
         self.data_dir, self.port, self.proc = data_dir, free_port(), None
 
+    @staticmethod
+    def installed() -> bool:
+        return shutil.which("milvus-server", path=str(Path(sys.executable).parent)) is not None
+
     def start(self) -> str:
         exe = shutil.which("milvus-server", path=str(Path(sys.executable).parent))
         if exe is None:

@@ -308,6 +308,9 @@ def replay_cmd(
         raise ConfigError(f"--period must be train, val or test{'' if evaluate else ' or all'}, not {period!r}")
     if trigger not in ("every-event", "live"):
         raise ConfigError(f"--trigger must be every-event or live, not {trigger!r}")
+    if not evaluate and not s.kafka_bootstrap_servers:
+        raise ConfigError("set KAFKA_BOOTSTRAP_SERVERS to the broker to replay into (see `stylestream up`), "
+                          "or pass --evaluate to replay through a stack of its own")
     folder = dataset or s.dataset_dir
     data = Dataset.load(folder)
     if evaluate:
@@ -336,9 +339,6 @@ def replay_cmd(
             console.print(f"- {note}")
         console.print(f"[green]report[/green] {report}")
         return
-    if not s.kafka_bootstrap_servers:
-        raise ConfigError("set KAFKA_BOOTSTRAP_SERVERS to the broker to replay into (see `stylestream up`), "
-                          "or pass --evaluate to replay through a stack of its own")
     frames = dict(zip(("train", "val", "test"), data.parts(), strict=True), all=data.interactions)
     started = time.monotonic()
     result = replay(frames[period], s.kafka_bootstrap_servers, data.data_hash()[:8], rate=rate, speed=speed)

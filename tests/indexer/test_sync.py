@@ -128,3 +128,34 @@ def test_a_rebuild_carries_the_live_catalog_and_switches_without_a_gap(live):
     rows = ItemCollection(client, alias).rows(["carry-1", ids[4], ids[5]])
     assert set(rows) == {"carry-1", ids[4]} and not rows[ids[4]]["in_stock"] and rows["carry-1"]["imputed"]
     assert ItemCollection(client, alias).count() == len(ids)  # one added, one deleted
+
+
+def test_searches_never_fail_or_come_back_empty_across_an_alias_switch(live, milvus):
+    import threading
+
+    client, alias, bundle = live
+    q = title_query(bundle, bundle.items()["title"].iloc[0])
+    results: list[int] = []
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def search() -> None:
+        reader = connect(milvus.uri)
+        items = ItemCollection(reader, alias)
+        while not stop.is_set() or len(results) < 20:
+            try:
+                results.append(len(items.search(q, 10)[0]))
+            except Exception as exc:  # noqa: BLE001 - the test counts them
+                errors.append(str(exc))
+        reader.close()
+
+    thread = threading.Thread(target=search)
+    thread.start()
+    try:
+        switches = [build_index(client, bundle, alias, rebuild=True, progress=False, settle_s=0.0) for _ in range(3)]
+    finally:
+        stop.set()
+        thread.join(60)
+    assert len({s.collection for s in switches}) == 3 and alias_target(client, alias) == switches[-1].collection
+    assert not errors, errors[:3]
+    assert results and all(n == 10 for n in results), "every search answered in full"

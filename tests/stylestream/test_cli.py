@@ -18,7 +18,7 @@ runner = CliRunner()
 
 def test_help_explains_every_command():
     out = runner.invoke(app, ["--help"]).output
-    for command in ("demo", "up", "data", "replay", "config"):
+    for command in ("demo", "up", "data", "replay", "config", "index", "catalog"):
         assert command in out
     assert "synth" in runner.invoke(app, ["data", "--help"]).output
     assert "hm-sample" in runner.invoke(app, ["data", "import", "--help"]).output
@@ -42,6 +42,12 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     (["data", "import", "hm", "--articles", "/no/a.csv", "--transactions", "/no/t.csv"], {}, "/no/a.csv"),
     (["replay"], {"KAFKA_BOOTSTRAP_SERVERS": ""}, "set KAFKA_BOOTSTRAP_SERVERS"),
     (["demo"], {"STYLESTREAM_BROKER": "rabbit"}, "STYLESTREAM_BROKER must be 'noida' or 'tansu'"),
+    (["catalog", "publish", "/no/items.parquet"], {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}, "no catalog file at"),
+    (["catalog", "publish", "README.md"], {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}, "not a catalog file"),
+    (["replay", "--evaluate", "--trigger", "sometimes"], {}, "--trigger must be every-event or live"),
+    (["replay", "--evaluate", "--period", "all"], {}, "--period must be train, val or test"),
+    (["index", "build", "--catalog", "mine"], {}, "--catalog must be auto, live or bundle"),
+    (["up"], {"STYLESTREAM_TRIGGER_MODE": "sometimes"}, "STYLESTREAM_TRIGGER_MODE must be live, every-event or off"),
 ])
 def test_bad_input_is_one_readable_line(args, env, message):
     proc = run_cli(*args, env=env)
@@ -49,6 +55,13 @@ def test_bad_input_is_one_readable_line(args, env, message):
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_catalog_csv_without_titles_is_one_readable_line(tmp_path: Path):
+    bad = tmp_path / "catalog.csv"
+    bad.write_text("item_id,name\n1,shirt\n")
+    proc = run_cli("catalog", "publish", str(bad), env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    assert proc.returncode == 2 and "no title column" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_bad_option_value_gets_usage_not_traceback():
