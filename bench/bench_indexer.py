@@ -77,7 +77,8 @@ def visible(stack: DevStack, bootstrap: str, client: Any, rec: MixupRecommender,
 
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
     items = ItemCollection(client, stack.settings.milvus_collection)
-    seconds = []
+    seconds: list[float] = []
+    missed: list[dict[str, Any]] = []
     for i in range(n):
         title = f"{WORDS[i % len(WORDS)]} {WORDS[(7 * i + 3) % len(WORDS)]} tulle ballgown by Vispera {i}"
         q = title_query(rec, title)
@@ -88,12 +89,14 @@ def visible(stack: DevStack, bootstrap: str, client: Any, rec: MixupRecommender,
         producer.flush()
         while item not in [h.item_id for h in items.search(q, 10)[0]]:
             if time.perf_counter() - t0 > 60:
+                missed.append({"item": item, "stored": bool(items.rows([item])),
+                               "top": [h.item_id for h in items.search(q, 10)[0]][:3]})
                 break
             time.sleep(0.01)
         seconds.append(time.perf_counter() - t0)
     producer.close()
     return {"updates": n, "p50_s": pct(seconds, 50), "p99_s": pct(seconds, 99), "max_s": round(max(seconds), 3),
-            "batch_wait_ms": stack.settings.index_batch_wait_ms}
+            "batch_wait_ms": stack.settings.index_batch_wait_ms, "not_visible_in_60_s": missed}
 
 
 def rebuild(uri: str, client: Any, bundle: Bundle, alias: str, rec: MixupRecommender) -> dict[str, Any]:

@@ -31,8 +31,6 @@ import numpy as np
 from stylestream.records import FIELD_MAX_BYTES, ITEM_ID_MAX_BYTES, TITLE_MAX_BYTES
 
 log = logging.getLogger(__name__)
-# Milvus Lite's server has no mvcc timestamp to give an iterator; pymilvus warns on every batch.
-logging.getLogger("pymilvus.client.iterator.query_iterator").setLevel(logging.ERROR)
 
 ABOUT = "stylestream."  # prefix of the collection properties this project writes
 OUTPUT_FIELDS = ["item_id", "title", "category"]
@@ -52,6 +50,9 @@ def connect(uri: str, token: str = "") -> Any:
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # gRPC's fork notices flood every child's log
     from pymilvus import MilvusClient
 
+    # Milvus Lite's server has no mvcc timestamp to give an iterator; pymilvus warns on every
+    # batch (set after the import: pymilvus configures its loggers when imported).
+    logging.getLogger("pymilvus.client.iterator.query_iterator").setLevel(logging.ERROR)
     extra = {"token": token} if token else {}
     return MilvusClient(uri=uri, grpc_options=dict(KEEPALIVE), **extra)
 

@@ -159,3 +159,29 @@ def test_searches_never_fail_or_come_back_empty_across_an_alias_switch(live, mil
     assert len({s.collection for s in switches}) == 3 and alias_target(client, alias) == switches[-1].collection
     assert not errors, errors[:3]
     assert results and all(n == 10 for n in results), "every search answered in full"
+
+
+def test_reconcile_finds_each_kind_of_drift_and_repair_removes_it(live):
+    from indexer.catalog_file import read_catalog
+    from indexer.reconcile import find_drift, index_stats, repair
+
+    client, alias, bundle = live
+    sync = CatalogSync(client, alias)
+    vectorizer = sync.live()[1]
+    catalog = read_catalog(bundle.folder / "items.parquet")
+    ids = catalog["item_id"].tolist()
+    items = ItemCollection(client, alias)
+    assert find_drift(items, catalog, vectorizer, vector_sample=0).total == 0, "a fresh build matches its catalog"
+    items.delete([ids[0]])  # missing
+    sync.apply([upsert("stray", 1.0, title="Stray olive parka", category="coat"),  # extra
+                upsert(ids[1], 1.0, in_stock=False)])  # stale field
+    row = items.rows([ids[2]], vectors=True)[ids[2]]
+    row["vector"] = (-np.asarray(row["vector"])).tolist()  # stale vector
+    items.upsert([row])
+    drift = find_drift(items, catalog, vectorizer, vector_sample=0)
+    assert (drift.missing, drift.extra, drift.stale_fields, drift.stale_vectors) == \
+        ([ids[0]], ["stray"], [ids[1]], [ids[2]])
+    stats = index_stats(items)
+    assert stats["items"] == len(ids) and stats["out_of_stock"] == 1 and stats["imputed"] >= 1
+    assert repair(items, catalog, vectorizer, drift) == 4
+    assert find_drift(items, catalog, vectorizer, vector_sample=0).total == 0
