@@ -198,7 +198,9 @@ def run_replay_evaluation(settings: Settings, data: Dataset, dataset_dir: Path, 
         home=settings.home / "replay-run", dataset=dataset_dir,
         bundle=bundle.folder, trigger_mode=trigger, trigger_from_ts=plan.period_start_s,
         sequence_length=max(settings.sequence_length, plan.longest_history), trigger_idle_seconds=0.0,
-        serving_timeout_ms=settings.serving_timeout_ms, serving_max_in_flight=settings.serving_max_in_flight,
+        serving_timeout_ms=settings.serving_timeout_ms,
+        # Back-pressure keeps about max_pending open; room above it, so the gate's lag is not an overload.
+        serving_max_in_flight=max(settings.serving_max_in_flight, 2 * max_pending if speed <= 0 else 0),
         gen_max_replicas=settings.gen_max_replicas, serve_port=settings.serve_port,
         ray_dashboard_port=settings.ray_dashboard_port, milvus_uri=settings.milvus_uri,
         kafka_bootstrap_servers=settings.kafka_bootstrap_servers)
@@ -328,7 +330,8 @@ def replay_markdown(r: ReplayResult) -> str:
     lat = r.latency_ms
     lines += ["", *[f"- {n}" for n in r.notes], "", "## Live figures", "",
               f"- recommendations: {r.counts['recommendations']:,} ({paths}); "
-              f"fallback share {100 * r.counts['fallback_share']:.1f}%",
+              f"fallback share {100 * r.counts['fallback_share']:.1f}% (reasons: "
+              + (", ".join(f"{k} {v:,}" for k, v in r.counts.get("fallback_reasons", {}).items()) or "none") + ")",
               f"- latency event → recs.out: p50 {lat.get('p50', float('nan')):,.0f} ms, "
               f"p99 {lat.get('p99', float('nan')):,.0f} ms (latency.png); by path: "
               + "; ".join(f"{p} p50 {v['p50']:,.0f} / p99 {v['p99']:,.0f} ms" for p, v in lat["by_path"].items()),
