@@ -6,9 +6,10 @@ their vectors ``x_i = [t̂_i ; ê_i]``, so an item indexed at training time and 
 from the stream are made by the same rules:
 
 - the title half is the bundle's title encoder (ONNX) on the item's current title;
-- the ID half is SASRec's trained embedding when the item is one SASRec knows (taken
-  from the bundle's stored vectors), else imputed from the title and category with the
-  bundle's imputer (text→ID projection, category mean, global mean) and marked imputed.
+- the ID half is the bundle's own for the items it has (SASRec's trained embedding, or the
+  one the bundle kept when validation chose no imputation), else imputed from the title and
+  category with the bundle's imputer (text→ID projection, category mean, global mean) and
+  marked imputed; items the bundle itself imputed are imputed again, from their current title.
 """
 
 from __future__ import annotations
@@ -38,10 +39,10 @@ class ItemVectorizer:
         self.id_half = bundle.fusion(self.encoder_name).id_half
         self.text_dim = int(bundle.manifest["encoders"][self.encoder_name]["dim"])
         items = bundle.items()
-        known = items["known"].to_numpy(bool) if "known" in items else np.ones(len(items), bool)
+        imputed = items["imputed"].to_numpy(bool) if "imputed" in items else np.zeros(len(items), bool)
         stored = bundle.item_vectors(self.encoder_name)
         ids = items["item_id"].astype(str).to_numpy()
-        self._known_id_half = {i: stored[r, self.text_dim:] for r, i in enumerate(ids) if known[r]}
+        self._known_id_half = {i: stored[r, self.text_dim:] for r, i in enumerate(ids) if not imputed[r]}
         self._imputer = bundle.imputer(self.encoder_name)
 
     @property

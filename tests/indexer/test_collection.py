@@ -118,7 +118,8 @@ def test_several_clients_share_the_server_while_one_writes(milvus, tiny_bundle):
             target = ItemCollection(client, "test_scratch_writes")
             for r in range(15):
                 target.upsert([{"item_id": f"w{r}-{j}", "vector": q[j % 4].tolist(), "title": "t", "category": "c",
-                                "in_stock": True, "imputed": False, "bundle_version": "x", "ts": float(r)}
+                                "in_stock": True, "imputed": False, "bundle_version": "x", "ts": float(r),
+                                "indexed_at": 0.0}
                                for j in range(20)])
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
