@@ -112,13 +112,19 @@ def test_two_retriever_replicas_answer_while_another_client_writes(served, tiny_
     client = connect(served.milvus_uri)
     scratch = ItemCollection(client, "writer_scratch").create(4)
     stop = threading.Event()
+    written: list[object] = []
 
     def write() -> None:
         r = 0
-        while not stop.is_set():
-            scratch.upsert([{"item_id": f"w{r}", "vector": [1.0, 0, 0, 0], "title": "t", "category": "c",
-                             "in_stock": True, "imputed": False, "bundle_version": "x", "ts": float(r)}])
-            r += 1
+        try:
+            while not stop.is_set():
+                scratch.upsert([{"item_id": f"w{r}", "vector": [1.0, 0, 0, 0], "title": "t", "category": "c",
+                                 "in_stock": True, "imputed": False, "bundle_version": "x", "ts": float(r),
+                                 "indexed_at": 0.0}])
+                written.append(r)
+                r += 1
+        except Exception as exc:  # noqa: BLE001 - reported below
+            written.append(exc)
 
     writer = threading.Thread(target=write)
     writer.start()
@@ -139,6 +145,7 @@ def test_two_retriever_replicas_answer_while_another_client_writes(served, tiny_
     writer.join(30)
     client.close()
     assert results == [5] * 16
+    assert written and all(isinstance(w, int) for w in written), written[-1:]
 
 
 def rechosen_bundle(source: Path, dest: Path, lam: float) -> Bundle:
