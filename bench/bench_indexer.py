@@ -9,8 +9,9 @@ bundle's own catalog, then the 105,542 H&M articles streamed in):
 - ``sustained``: upserts/s the indexer worker sustains while the whole catalogue is
   published at once (every vector made by the bundle's title encoder + imputer: no H&M
   article is known to the bundle's SASRec).
-- ``visible``: seconds from producing one upsert of a new item to finding it in the top 10
-  of a search by its own title, one at a time (p50/p99 of ``--updates``).
+- ``visible``: seconds from producing one upsert of a new item until a vector search with
+  its title's query, restricted to that item, returns it, one at a time (p50/p99 of
+  ``--updates``): the time to be searchable, whatever similar items rank above it.
 - ``rebuild``: ``index build --rebuild`` of the live catalogue into a new collection
   (re-embedding every article) while another client searches through the alias: its
   time, search latency before / during / after the switch, failed and empty searches.
@@ -72,6 +73,14 @@ def sustained(stack: DevStack, bootstrap: str, catalog: Any, timeout: float) -> 
             "complete": done >= len(catalog)}
 
 
+def found_by_search(client: Any, name: str, q: np.ndarray, item: str) -> bool:
+    """Whether a vector search (its title's query, restricted to the item) returns the item:
+    searchable, whatever else ranks above it (similar test titles would, for a small encoder)."""
+    hits = client.search(name, data=[q[0].tolist()], limit=1, filter=f'item_id == "{item}" and in_stock == true',
+                         output_fields=["item_id"])
+    return bool(hits and hits[0])
+
+
 def visible(stack: DevStack, bootstrap: str, client: Any, rec: MixupRecommender, n: int) -> dict[str, Any]:
     from kafka import KafkaProducer
 
@@ -87,10 +96,9 @@ def visible(stack: DevStack, bootstrap: str, client: Any, rec: MixupRecommender,
         producer.send(CATALOG, key=item.encode(), value=json.dumps(
             {"op": "upsert", "item_id": item, "title": title, "category": "dress", "ts": 2e9 + i}).encode())
         producer.flush()
-        while item not in [h.item_id for h in items.search(q, 10)[0]]:
+        while not found_by_search(client, items.name, q, item):
             if time.perf_counter() - t0 > 60:
-                missed.append({"item": item, "stored": bool(items.rows([item])),
-                               "top": [h.item_id for h in items.search(q, 10)[0]][:3]})
+                missed.append({"item": item, "stored": bool(items.rows([item]))})
                 break
             time.sleep(0.01)
         seconds.append(time.perf_counter() - t0)
