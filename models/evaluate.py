@@ -113,7 +113,7 @@ class EvalResult:
         out = asdict(self)
         out.pop("generations")
         out["out_dir"] = str(self.out_dir) if self.out_dir else None
-        return json.loads(json.dumps(out, default=_json_default))
+        return json.loads(json.dumps(out, default=json_default))
 
 
 # -- the evaluation ------------------------------------------------------------------------------
@@ -404,7 +404,7 @@ def samples(dataset: Dataset, events: NextItemEvents, texts: list[str], n: int =
     return out
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):
@@ -572,7 +572,7 @@ def _lora_section(costs: dict[str, Any]) -> list[str]:
 # -- charts --------------------------------------------------------------------------------------------
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -581,15 +581,15 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: Path) -> None:
+def save_figure(fig: Any, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
+    pyplot().close(fig)
 
 
 def plot_lora(result: EvalResult, path: Path) -> None:
     """Training loss (per step, smoothed) and validation-period loss against steps."""
-    plt = _pyplot()
+    plt = pyplot()
     train = np.asarray(result.costs["lora_loss_curve"], float)
     window = max(1, len(train) // 50)
     smooth = np.convolve(train, np.ones(window) / window, mode="valid")
@@ -603,11 +603,11 @@ def plot_lora(result: EvalResult, path: Path) -> None:
         ax.axvline(result.costs["lora_best_step"], ls=":", color="grey", label="best step")
     ax.set(xlabel="optimizer step", ylabel="answer-token loss", title="LoRA fine-tuning")
     ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_lambda_sweep(result: EvalResult, path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for enc, rows in result.sweep.items():
         lams = [r["lambda"] for r in rows]
@@ -618,7 +618,7 @@ def plot_lambda_sweep(result: EvalResult, path: Path) -> None:
         ax.axhline(result.systems["sasrec"][key.lower()], color="grey", ls="--", label="sasrec")
         ax.set(xlabel="λ (0 = ID only, 1 = title only)", ylabel=key, title=f"{key} vs λ (test)")
         ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _bars(ax: Any, systems: dict[str, dict[str, Any]], offset: float = 0.0, width: float = 0.8,
@@ -632,16 +632,16 @@ def _bars(ax: Any, systems: dict[str, dict[str, Any]], offset: float = 0.0, widt
 
 
 def plot_systems(result: EvalResult, path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.5))
     _bars(ax, result.systems)
     ax.set(ylabel="Recall@10", title=f"Recall@10 per system, 95% bootstrap CI "
                                      f"(n={result.dataset['n_test_events']})")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_slices(result: EvalResult, path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.5))
     names = [s for s in result.slices if s != "all"]
     width = 0.8 / max(len(names), 1)
@@ -651,7 +651,7 @@ def plot_slices(result: EvalResult, path: Path) -> None:
               label=f"{s} (n={n})")
     ax.set(ylabel="Recall@10", title="Recall@10 on the cold-start and repeat slices")
     ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def run_evaluation(dataset: Dataset, config: EvalConfig, out_dir: Path | str,

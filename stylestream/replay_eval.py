@@ -33,6 +33,7 @@ from rich.console import Console
 
 from models.bundle import Bundle
 from models.data import Dataset
+from models.evaluate import json_default, pyplot, save_figure
 from models.metrics import mrr, ndcg_at_k, recall_at_k
 from models.recommender import History, MixupRecommender
 from stylestream.config import Settings
@@ -53,16 +54,14 @@ class ReplayPlan:
 
 
 def plan_replay(data: Dataset, period: str, users: int, seed: int = 0) -> ReplayPlan:
-    """``users`` shoppers (seeded sample; 0 = all) who buy in ``period`` after some history."""
+    """``users`` shoppers (seeded sample; 0 = all) who buy in ``period``, with their earlier
+    events as warm-up."""
     if period not in PERIODS:
         raise ValueError(f"period must be one of {', '.join(PERIODS)}, not {period!r}")
     inter = data.interactions.sort_values("ts", kind="stable")
     part = dict(zip(PERIODS, data.parts(), strict=True))[period]
     start = part["ts"].min()
-    earlier = inter[inter["ts"] < start]
-    buyers = part.loc[part["kind"] == "purchase", "user_id"].unique()
-    seen = set(earlier["user_id"]) | set(part["user_id"])
-    candidates = sorted(u for u in buyers if u in seen)
+    candidates = sorted(part.loc[part["kind"] == "purchase", "user_id"].unique())
     if users and len(candidates) > users:
         candidates = sorted(np.random.default_rng(seed).choice(candidates, users, replace=False).tolist())
     chosen = set(candidates)
@@ -185,6 +184,7 @@ def run_replay_evaluation(settings: Settings, data: Dataset, dataset_dir: Path, 
     fallback answers what the LLM path cannot)."""
     from streams.replay import replay
     from stylestream.devstack import DevStack
+    from stylestream.devstack.processes import wait_until
     from stylestream.topic_watch import TopicWatch
 
     console = console or Console()
@@ -215,7 +215,8 @@ def run_replay_evaluation(settings: Settings, data: Dataset, dataset_dir: Path, 
         watch = TopicWatch(bootstrap, RECS)
         console.log(f"warm-up: {len(plan.warm):,} earlier events of {len(plan.users)} shoppers (no triggers)")
         replay(plan.warm, bootstrap, prefix)
-        _wait(lambda: worker.stats()["processed"] + worker.stats()["duplicates"] >= len(plan.warm), 600)
+        wait_until(lambda: worker.stats()["processed"] + worker.stats()["duplicates"] >= len(plan.warm), 600,
+                   "the stream worker to take the warm-up events", worker.proc, worker.log_path)
         console.log(f"replaying the {period} period: {len(plan.period):,} events "
                     + (f"at {speed:g}× real time" if speed > 0 else "as fast as the stack takes them")
                     + f", trigger {trigger}")
@@ -258,14 +259,6 @@ def run_replay_evaluation(settings: Settings, data: Dataset, dataset_dir: Path, 
     return result
 
 
-def _wait(check: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError("the stream worker did not take the warm-up events in time")
-        time.sleep(0.25)
-
-
 def notes_for(comparison: dict[str, Any], trigger: str) -> list[str]:
     notes = []
     if trigger == "live":
@@ -290,18 +283,12 @@ def notes_for(comparison: dict[str, Any], trigger: str) -> list[str]:
 
 def write_replay_report(result: ReplayResult, joined: pd.DataFrame, recs: list[dict[str, Any]], out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "replay.json").write_text(json.dumps(asdict(result), indent=2, default=_json_default))
+    (out / "replay.json").write_text(json.dumps(asdict(result), indent=2, default=json_default))
     joined.drop(columns=["history", "kinds"]).to_json(out / "recommendations.jsonl", orient="records", lines=True)
     plot_latency(recs, out / "latency.png")
     plot_paths(result, out / "metrics_by_path.png")
     (out / "README.md").write_text(replay_markdown(result))
     return out
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.integer | np.floating):
-        return obj.item()
-    raise TypeError(type(obj).__name__)
 
 
 def replay_markdown(r: ReplayResult) -> str:
@@ -345,17 +332,8 @@ def replay_markdown(r: ReplayResult) -> str:
     return "\n".join(lines)
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_latency(recs: list[dict[str, Any]], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for name in sorted({r["path"] for r in recs}):
         lat = [max(r["latency_ms"], 0.1) for r in recs if r["path"] == name]
@@ -364,13 +342,11 @@ def plot_latency(recs: list[dict[str, Any]], path: Path) -> None:
     ax.set_xlabel("event → recs.out latency (ms)")
     ax.set_ylabel("recommendations")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_paths(result: ReplayResult, path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     k = result.config["k"]
     names = list(result.by_path)
     if result.comparison.get("n"):
@@ -381,6 +357,4 @@ def plot_paths(result: ReplayResult, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.barh(names, values, color="#4c72b0")
     ax.set_xlabel(f"Recall@{k}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
