@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from indexer.app import app, catalog_topic, deleted_at, dlq_topic, settings
 from indexer.collection import connect
 from indexer.sync import CatalogSync, SyncReport
-from stylestream.records import BadRecord, CatalogUpdate, DeadLetter, parse_catalog_update
+from stylestream.faust_app import send_dead_letter
+from stylestream.records import BadRecord, CatalogUpdate, parse_catalog_update
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,7 @@ async def apply_catalog_updates(stream):
             try:
                 updates.append(parse_catalog_update(msg.value, msg.key))
             except BadRecord as exc:
-                await dead_letter(msg.topic, msg.partition, msg.offset, msg.value, str(exc))
+                await dead_letter(msg, str(exc))
         if updates:
             await write(updates)
 
@@ -100,11 +102,9 @@ async def write(updates: list[CatalogUpdate]) -> None:
     stats.collection = report.collection
 
 
-async def dead_letter(topic: str, partition: int, offset: int, raw: bytes | None, reason: str) -> None:
-    letter = DeadLetter(topic=topic, partition=partition, offset=offset, raw=raw or b"", error=reason)
-    await dlq_topic.send(key=None, value=letter.to_bytes())
+async def dead_letter(message: Any, reason: str) -> None:
+    await send_dead_letter(dlq_topic, message, reason)
     stats.dead_lettered += 1
-    log.warning("dead-lettered %s[%d]@%d: %s", topic, partition, offset, reason)
 
 
 @app.task

@@ -19,11 +19,11 @@ from streams.app import app, catalog_state, catalog_topic, dlq_topic, events_top
 from streams.sequence_table import UserSequence
 from streams.trigger import IdleTracker, TriggerPolicy
 from stylestream.config import ConfigError, Settings
+from stylestream.faust_app import send_dead_letter
 from stylestream.recommender import HistoryItem, Recommender, RecommendRequest
 from stylestream.records import (
     BadRecord,
     ClickEvent,
-    DeadLetter,
     PurchaseEvent,
     Recommendation,
     parse_catalog_update,
@@ -111,7 +111,7 @@ async def sequence_events(stream):
             if msg.key is not None and msg.key.decode(errors="replace") != ev.user_id:
                 raise BadRecord(f"key {msg.key[:64]!r} does not match user_id {ev.user_id!r}")
         except BadRecord as exc:
-            await dead_letter(msg.topic, msg.partition, msg.offset, msg.value, str(exc))
+            await dead_letter(msg, str(exc))
             continue
         await apply_event(ev, (msg.topic, msg.partition, msg.offset), msg.timestamp)
 
@@ -162,11 +162,9 @@ async def publish_recommendation(user_id: str, seq: UserSequence, trigger_event_
     stats.recs_by_path[result.path] += 1
 
 
-async def dead_letter(topic: str, partition: int, offset: int, raw: bytes | None, reason: str) -> None:
-    letter = DeadLetter(topic=topic, partition=partition, offset=offset, raw=raw or b"", error=reason)
-    await dlq_topic.send(key=None, value=letter.to_bytes())
+async def dead_letter(message: Any, reason: str) -> None:
+    await send_dead_letter(dlq_topic, message, reason)
     stats.dead_lettered += 1
-    log.warning("dead-lettered %s[%d]@%d: %s", topic, partition, offset, reason)
 
 
 @app.agent(catalog_topic)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-TRIGGER_MODES = ("live", "every-event", "off")
-
 
 @dataclass(frozen=True)
 class TriggerPolicy:

@@ -1,12 +1,17 @@
-"""The Faust app settings every stylestream worker shares (the stream, the indexer)."""
+"""What every stylestream Faust worker shares (the stream, the indexer): the app's
+settings and the way a bad record goes to the dead-letter topic."""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import faust
 
 from stylestream.config import Settings
+from stylestream.records import DeadLetter
+
+log = logging.getLogger(__name__)
 
 
 def faust_app(app_id: str, settings: Settings, web_port: int) -> faust.App:
@@ -42,3 +47,12 @@ def faust_app(app_id: str, settings: Settings, web_port: int) -> faust.App:
         datadir=str(datadir),
         autodiscover=False,
     )
+
+
+async def send_dead_letter(dlq: Any, message: Any, reason: str) -> None:
+    """Put a record that failed validation on the dead-letter topic ``dlq``: where it came
+    from, its original bytes and the reason, so nothing is lost and nothing stops."""
+    letter = DeadLetter(topic=message.topic, partition=message.partition, offset=message.offset,
+                        raw=message.value or b"", error=reason)
+    await dlq.send(key=None, value=letter.to_bytes())
+    log.warning("dead-lettered %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason)
