@@ -32,8 +32,10 @@ from models.data import Dataset  # noqa: E402
 from models.evaluate import ENCODERS, EvalConfig, run_evaluation  # noqa: E402
 from models.sasrec import SASRecConfig  # noqa: E402
 
-DATASETS = ("synth", "hm-sample")
+DATASETS = ("synth", "hm-sample", "amazon-clothing", "amazon-clothing-loo")
 HM_SAMPLE = ROOT.parent / "shared" / "data" / "hm-sample"
+AMAZON = ROOT.parent / "shared" / "data" / "amazon-clothing-2014"
+AMAZON_FILES = ("Clothing_Shoes_and_Jewelry_2014.jsonl.gz", "meta_Clothing_Shoes_and_Jewelry_2014.jsonl.gz")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,6 +53,9 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--base-model", type=Path, default=None,
                    help="a local HF causal-LM folder instead of SmolLM2")
     p.add_argument("--hm-dir", type=Path, default=HM_SAMPLE, help="the H&M sample folder")
+    p.add_argument("--amazon-dir", type=Path, default=AMAZON,
+                   help="the Amazon Clothing 2014 folder (amazon-clothing: temporal split; "
+                        "amazon-clothing-loo: leave-one-out)")
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
     p.add_argument("--encoders", default="minilm,lstm", help="title encoders")
     p.add_argument("--engine", choices=("torch", "onnx"), default="onnx",
@@ -70,12 +75,19 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                         "instead of training here")
     p.add_argument("--max-history", type=int, default=8, help="history events in a prompt")
     p.add_argument("--max-val-events", type=int, default=48)
-    p.add_argument("--max-test-events", type=int, default=200)
+    p.add_argument("--max-test-events", type=int, default=0,
+                   help="test purchases scored by the systems that need no LLM (0: every one)")
+    p.add_argument("--llm-test-events", type=int, default=2000,
+                   help="seeded sample of those scored by the LLM systems too (0: every one; "
+                        "answers generated elsewhere with --lora-runs cover what they cover)")
     p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--gen-batch", type=int, default=16)
     p.add_argument("--lstm-steps", type=int, default=300)
     p.add_argument("--minilm-steps", type=int, default=20)
     p.add_argument("--sasrec-epochs", type=int, default=25)
+    p.add_argument("--sasrec-dropout", type=float, default=0.5)
+    p.add_argument("--sasrec-batch", type=int, default=64)
+    p.add_argument("--sasrec-device", default="cpu", help="SASRec training device (auto: GPU if any)")
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -89,6 +101,12 @@ def load_dataset(name: str, args: argparse.Namespace) -> Dataset:
         from models.data.hm import import_hm_sample
 
         return import_hm_sample(args.hm_dir).dataset
+    if name.startswith("amazon-clothing"):
+        from models.data.amazon import import_amazon
+
+        reviews, meta = (args.amazon_dir / f for f in AMAZON_FILES)
+        data = import_amazon(reviews, meta, progress=False, name="amazon-clothing").dataset
+        return data.with_protocol("leave-one-out" if name.endswith("-loo") else "temporal")
     raise SystemExit(f"unknown data set {name!r}; expected some of {', '.join(DATASETS)}")
 
 
@@ -105,9 +123,24 @@ def config_for(name: str, args: argparse.Namespace) -> EvalConfig:
         lora_eval_every=args.lora_eval_every, lora_patience=args.lora_patience,
         lora_device=args.lora_device,
         lora_run=args.lora_runs / name if args.lora_runs else None, max_history=args.max_history,
-        max_val_events=args.max_val_events, max_test_events=args.max_test_events,
+        max_val_events=args.max_val_events, max_test_events=args.max_test_events or None,
+        llm_test_events=args.llm_test_events or None,
+        answers=_answers(args.lora_runs / name) if args.lora_runs else None,
         max_new_tokens=args.max_new_tokens, gen_batch_size=args.gen_batch, engine=args.engine,
-        seed=args.seed, sasrec=SASRecConfig(epochs=args.sasrec_epochs, seed=args.seed))
+        sasrec_run=_part(args.lora_runs / name / "sasrec") if args.lora_runs else None,
+        seed=args.seed, sasrec=SASRecConfig(epochs=args.sasrec_epochs, dropout=args.sasrec_dropout,
+                                            batch_size=args.sasrec_batch, device=args.sasrec_device,
+                                            patience=5, seed=args.seed))
+
+
+def _answers(run: Path) -> Path | None:
+    """A LoRA run's answers file (bench_convergence.py --answers), when it has one."""
+    return _part(run / "answers.json")
+
+
+def _part(path: Path) -> Path | None:
+    """A part trained elsewhere (bench_convergence.py on a GPU), when the run folder has it."""
+    return path if path.exists() else None
 
 
 def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:

@@ -171,13 +171,20 @@ class ItemCollection:
         props = self.client.describe_collection(self.name).get("properties") or {}
         return {k[len(ABOUT):]: v for k, v in props.items() if k.startswith(ABOUT)}
 
-    def vectors(self, item_ids: Iterable[str]) -> dict[str, np.ndarray]:
-        """Stored vectors of the given items (missing items are absent from the answer)."""
+    def vectors(self, item_ids: Iterable[str], in_stock_only: bool = False) -> dict[str, np.ndarray]:
+        """Stored vectors of the given items (missing items, and with ``in_stock_only`` the
+        ones out of stock, are absent from the answer)."""
         ids = list(dict.fromkeys(str(i) for i in item_ids))
         if not ids:
             return {}
-        rows = self.client.get(self.name, ids=ids, output_fields=["item_id", "vector"])
-        return {r["item_id"]: np.asarray(r["vector"], dtype=np.float32) for r in rows}
+        rows = self.client.get(self.name, ids=ids, output_fields=["item_id", "vector", "in_stock"])
+        return {r["item_id"]: np.asarray(r["vector"], dtype=np.float32) for r in rows
+                if r.get("in_stock", True) or not in_stock_only}
+
+    def titles(self, item_ids: Iterable[str]) -> dict[str, str]:
+        ids = list(dict.fromkeys(str(i) for i in item_ids))
+        rows = self.client.get(self.name, ids=ids, output_fields=["item_id", "title"]) if ids else []
+        return {r["item_id"]: r.get("title") or "" for r in rows}
 
 
 # -- aliases -------------------------------------------------------------------------------

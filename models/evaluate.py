@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from models.answers import Answers, event_keys
 from models.baselines import CoOccurrence, Popularity
 from models.bundle import Bundle
 from models.data.dataset import Dataset
@@ -51,14 +52,16 @@ from models.metrics import (
     hits_at_k,
     mrr,
     ndcg_at_k,
+    ndcg_gains,
     next_item_events,
+    paired_bootstrap,
     recall_at_k,
     target_ranks,
 )
 from models.mixup import Fusion, QueryMemory, blended_score
-from models.recommender import History, MixupRecommender, user_states
+from models.recommender import History, MixupRecommender
 from models.sasrec import SASRec
-from models.train import CHOICE_K, ENCODERS, FULL_HISTORY, TrainConfig, train_bundle
+from models.train import CHOICE_K, ENCODERS, FULL_HISTORY, TrainConfig, train_bundle, validation_events
 
 __all__ = ["ENCODERS", "EvalConfig", "EvalResult", "evaluate", "run_evaluation", "write_report"]
 
@@ -78,7 +81,8 @@ class EvalConfig(TrainConfig):
     """Everything that shapes the numbers: the bundle's training plus the test protocol."""
 
     bundle: Path | None = None  # load this bundle, or train into it when it holds none
-    max_test_events: int = 256
+    max_test_events: int | None = None  # test purchases scored by the systems needing no LLM (None: all)
+    llm_test_events: int | None = 2000  # seeded sample of those the LLM systems score (None: all)
     ks: tuple[int, ...] = (5, 10, 20)
     ndcg_ks: tuple[int, ...] = (10, 20)
     memory_threshold: float = 0.8
@@ -104,6 +108,8 @@ class EvalResult:
     versions: dict[str, Any]
     samples: list[dict[str, str]]
     bundle: dict[str, Any] = field(default_factory=dict)  # folder, version, served encoder
+    paired: list[dict[str, Any]] = field(default_factory=list)  # mix-up vs rivals, paired bootstrap
+    last_title: dict[str, Any] = field(default_factory=dict)  # the last-title systems' λ choice
     mixup_reading: str = MIXUP_READING
     exclusion: str = EXCLUSION
     out_dir: Path | None = None
@@ -121,46 +127,58 @@ class EvalResult:
 
 def evaluate(dataset: Dataset, config: EvalConfig | None = None, out_dir: Path | str = "report",
              progress: bool = True) -> EvalResult:
-    """Train (or load) the bundle, then score every system on the same test purchases."""
+    """Train (or load) the bundle, then score every system on the same test purchases: the
+    systems that need no LLM on every test purchase, all of them on the LLM sample."""
     cfg = config or EvalConfig()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     bundle = obtain_bundle(dataset, cfg, out_dir, progress)
-    test_ev = test_events(dataset, cfg)
-    if not len(test_ev):
+    events = test_events(dataset, cfg)
+    if not len(events):
         raise ValueError("no test purchases with a history: nothing to evaluate")
-    log.info("events: %d test purchases (same events for every system)", len(test_ev))
-    histories = [History.of(h, k) for h, k in zip(test_ev.histories, test_ev.kinds, strict=True)]
+    rows = llm_sample_rows(len(events), cfg)
+    llm_ev = subset(events, rows)
+    log.info("events: %d test purchases; %d of them for the LLM systems (same events for every system "
+             "in the paired table)", len(events), len(rows))
+    histories = [History.of(h, k) for h, k in zip(events.histories, events.kinds, strict=True)]
+    llm_histories = [histories[i] for i in rows]
     served = MixupRecommender(bundle, engine=cfg.engine, device="cpu" if cfg.engine == "onnx" else "auto")
     costs = {k: v for k, v in bundle.manifest.get("costs", {}).items()}
-    texts = generate_texts(served, histories, cfg, progress, costs)
+    texts = test_texts(served, dataset, llm_ev, llm_histories, cfg, progress, costs)
     sasrec = bundle.sasrec()
-    ranks = baseline_ranks(dataset, sasrec, test_ev)
     states = served.user_states(histories)
-    ranks["id-only"] = mixup_ranks(served, None, states, histories, test_ev.targets,
-                                   served.fusion.with_lambda(0.0))
+    ranks = baseline_ranks(dataset, sasrec, events, states)
+    ranks["id-only"] = mixup_ranks(served, None, states, histories, events.targets,
+                                   served.fusion.with_lambda(0.0).with_repeat(()))
+    last_title = last_title_systems(served, dataset, cfg, histories, states, events.targets)
+    ranks.update(last_title.pop("ranks"))
+    llm_ranks: dict[str, np.ndarray] = {}
     choices, sweep = {}, {}
     for name in bundle.encoders:
         rec = served if name == served.encoder_name else MixupRecommender(bundle, name, generator=served.generator)
-        part = score_encoder(rec, texts, states, histories, test_ev, dataset, cfg)
-        ranks[f"title-only ({name})"] = part.pop("title_only_ranks")
-        ranks[f"mix-up ({name})"] = part.pop("mixup_ranks")
+        part = score_encoder(rec, texts, states[rows], llm_histories, llm_ev, dataset, cfg)
+        llm_ranks[f"title-only ({name})"] = part.pop("title_only_ranks")
+        llm_ranks[f"mix-up ({name})"] = part.pop("mixup_ranks")
+        if "without_repeat_ranks" in part:
+            llm_ranks[f"mix-up without repeat term ({name})"] = part.pop("without_repeat_ranks")
         sweep[name] = part.pop("sweep")
         choices[name] = {**bundle.manifest["encoders"][name], "lambda": rec.fusion.lam, **part}
     costs["total_seconds"] = round(time.perf_counter() - started, 1)
 
-    systems = {name: ranking_metrics(r, cfg) for name, r in ranks.items()}
-    masks = event_slices(dataset.items, test_ev, dataset.split.val_start)
-    slices = {s: {name: ranking_metrics(r[m], cfg) for name, r in ranks.items()}
-              for s, m in masks.items()}
+    systems = {name: ranking_metrics(r, cfg) for name, r in {**ranks, **llm_ranks}.items()}
+    same = {**{name: r[rows] for name, r in ranks.items()}, **llm_ranks}
+    masks = event_slices(dataset, llm_ev)
+    slices = {s: {name: ranking_metrics(r[m], cfg) for name, r in same.items()} for s, m in masks.items()}
+    paired = paired_comparisons(same, bundle.encoders, cfg)
     return EvalResult(
-        dataset=dataset_summary(dataset, bundle, test_ev, masks, sasrec),
+        dataset=dataset_summary(dataset, bundle, events, llm_ev, masks, sasrec),
         config=cfg.to_json(), systems=systems, slices=slices, sweep=sweep, choices=choices,
-        claim=claim_check(systems, bundle.encoders), costs=costs,
-        versions=versions(dataset, bundle), samples=samples(dataset, test_ev, texts),
+        claim=claim_check(slices["all"], paired, bundle.encoders), costs=costs,
+        versions=versions(dataset, bundle), samples=samples(dataset, llm_ev, texts),
         bundle={"folder": str(bundle.folder), "version": bundle.version, "served_encoder": bundle.chosen_encoder},
-        out_dir=out_dir, generations=generation_log(dataset, bundle, test_ev, texts))
+        paired=paired, last_title=last_title,
+        out_dir=out_dir, generations=generation_log(dataset, bundle, llm_ev, texts))
 
 
 def obtain_bundle(dataset: Dataset, cfg: EvalConfig, out_dir: Path, progress: bool) -> Bundle:
@@ -176,16 +194,57 @@ def obtain_bundle(dataset: Dataset, cfg: EvalConfig, out_dir: Path, progress: bo
 
 
 def test_events(dataset: Dataset, cfg: EvalConfig) -> NextItemEvents:
-    """A fixed seeded sample of test purchases; histories reach back through every period."""
+    """Every test purchase (or a fixed seeded sample of ``max_test_events``); histories reach
+    back through every period."""
     train, val, test = dataset.parts()
     return next_item_events(dataset.items["item_id"].tolist(), pd.concat([train, val]), test,
                             target_kinds=("purchase",), max_history=FULL_HISTORY,
                             max_events=cfg.max_test_events, seed=cfg.seed)
 
 
+def llm_sample_rows(n_events: int, cfg: EvalConfig) -> np.ndarray:
+    """The rows of the test events that the LLM systems score: a fixed seeded sample of
+    ``llm_test_events`` (every row when that is None or not smaller)."""
+    if cfg.llm_test_events is None or cfg.llm_test_events >= n_events:
+        return np.arange(n_events)
+    return np.sort(np.random.default_rng(cfg.seed + 7).choice(n_events, cfg.llm_test_events, replace=False))
+
+
+def subset(events: NextItemEvents, rows: np.ndarray) -> NextItemEvents:
+    return NextItemEvents([events.user_ids[i] for i in rows], [events.histories[i] for i in rows],
+                          [events.kinds[i] for i in rows], events.targets[rows],
+                          [events.target_kinds[i] for i in rows])
+
+
+def llm_sample(events: NextItemEvents, cfg: EvalConfig) -> NextItemEvents:
+    return subset(events, llm_sample_rows(len(events), cfg))
+
+
+def test_texts(rec: MixupRecommender, dataset: Dataset, events: NextItemEvents, histories: list[History],
+               cfg: EvalConfig, progress: bool, costs: dict[str, Any]) -> list[str]:
+    """The served LLM's answer for every LLM test event: from ``cfg.answers`` (made by the
+    same LoRA run elsewhere, :mod:`models.answers`) where it has them, generated here for
+    the rest."""
+    texts: list[str | None] = [None] * len(histories)
+    if cfg.answers is not None:
+        answers = Answers.load(cfg.answers)
+        answers.require(rec.bundle.manifest["components"]["llm"], dataset.data_hash())
+        keys = event_keys(events, dataset.items["item_id"].astype(str).tolist())
+        texts = [answers.test.get(k) for k in keys]
+        costs["answers_file"] = str(cfg.answers)
+        costs["answers_costs"] = answers.costs
+    missing = [i for i, t in enumerate(texts) if t is None]
+    costs["test_answers_from_file"] = len(texts) - len(missing)
+    if missing:
+        made = generate_texts(rec, [histories[i] for i in missing], cfg, progress, costs)
+        for i, t in zip(missing, made, strict=True):
+            texts[i] = t
+    return [t or "" for t in texts]
+
+
 def generate_texts(rec: MixupRecommender, histories: list[History], cfg: EvalConfig, progress: bool,
                    costs: dict[str, Any]) -> list[str]:
-    """The served LLM's answer for every test event (the Generator deployment's code)."""
+    """The served LLM's answer for each history (the Generator deployment's code)."""
     from models.llm.generate import GenerationTotals
 
     totals = GenerationTotals()
@@ -218,17 +277,66 @@ def generation_log(dataset: Dataset, bundle: Bundle, test_ev: NextItemEvents,
 # -- baselines and SASRec -------------------------------------------------------------------------
 
 
-def baseline_ranks(dataset: Dataset, sasrec: SASRec, events: NextItemEvents) -> dict[str, np.ndarray]:
-    """Test ranks of popularity, co-occurrence and raw SASRec (all fitted on train only)."""
+def baseline_ranks(dataset: Dataset, sasrec: SASRec, events: NextItemEvents,
+                   states: np.ndarray) -> dict[str, np.ndarray]:
+    """Test ranks of popularity, co-occurrence and raw SASRec ``u·e_i`` (all fitted on
+    train only; ``states`` are SASRec's states for the events), scored in chunks."""
     train, _, _ = dataset.parts()
     out = {}
     for name, model in (("popularity", Popularity(dataset.items, train)),
                         ("co-occurrence", CoOccurrence(dataset.items, train))):
-        scores = np.stack([model.score(h) for h in events.histories])
-        out[name] = target_ranks(scores, events.targets)
-    histories = [History.of(h, k) for h, k in zip(events.histories, events.kinds, strict=True)]
-    states = user_states(sasrec, histories, sasrec.cfg.max_len)
-    out["sasrec"] = target_ranks(states @ sasrec.item_embeddings().T, events.targets)
+        out[name] = np.concatenate([
+            target_ranks(np.stack([model.score(h) for h in events.histories[lo:lo + SCORE_CHUNK]]),
+                         events.targets[lo:lo + SCORE_CHUNK])
+            for lo in range(0, len(events), SCORE_CHUNK)])
+    e = sasrec.item_embeddings()
+    out["sasrec"] = np.concatenate([target_ranks(states[lo:lo + SCORE_CHUNK] @ e.T, events.targets[lo:lo + SCORE_CHUNK])
+                                    for lo in range(0, len(events), SCORE_CHUNK)])
+    return out
+
+
+CONTENT = "content: last item's title"
+LAST_TITLE_MIXUP = "mix-up with the last item's title"
+
+
+def last_title_systems(rec: MixupRecommender, dataset: Dataset, cfg: EvalConfig, histories: list[History],
+                       states: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
+    """Two systems that need no LLM, with the served encoder's stored title vectors and
+    the shopper's history left out:
+
+    - ``content``: rank by title similarity to the shopper's last item (λ = 1);
+    - ``mix-up with the last item's title``: the served mix-up with the last item's title
+      as the text query instead of generated text, λ chosen on the validation events. This is
+      the ablation that isolates what the LLM adds.
+    """
+    val = validation_events(dataset, cfg)
+    val_h = [History.of(h, k) for h, k in zip(val.histories, val.kinds, strict=True)]
+    val_states = rec.user_states(val_h)
+    base = Fusion(0.0, rec.fusion.id_half, rec.fusion.sigma, None)
+    curve = {float(lam): recall_at_k(last_title_ranks(rec, val_h, val_states, val.targets,
+                                                      base.with_lambda(lam)), CHOICE_K)
+             for lam in cfg.lambdas if lam < 1.0}
+    lam = max(curve, key=lambda x: (curve[x], -x))
+    return {"lambda": lam, "val_curve": curve, "val_recall@10_content":
+            recall_at_k(last_title_ranks(rec, val_h, val_states, val.targets, base.with_lambda(1.0)), CHOICE_K),
+            "ranks": {CONTENT: last_title_ranks(rec, histories, states, targets, base.with_lambda(1.0)),
+                      LAST_TITLE_MIXUP: last_title_ranks(rec, histories, states, targets, base.with_lambda(lam))}}
+
+
+def last_title_ranks(rec: MixupRecommender, histories: list[History], states: np.ndarray, targets: np.ndarray,
+                     fusion: Fusion) -> np.ndarray:
+    titles = rec.index.vectors[:, :rec.text_dim]
+    out = np.empty(len(histories))
+    for lo in range(0, len(histories), SCORE_CHUNK):
+        part = histories[lo:lo + SCORE_CHUNK]
+        last = np.zeros((len(part), rec.text_dim), np.float32)
+        for r, h in enumerate(part):
+            row = rec.index.index.get(h.item_ids[-1]) if h.item_ids else None
+            if row is not None:
+                last[r] = titles[row]
+        q = rec.queries(last, states[lo:lo + SCORE_CHUNK], fusion)
+        exclude = [list(dict.fromkeys(h.item_ids)) for h in part]
+        out[lo:lo + SCORE_CHUNK] = target_ranks(rec.scores(q, exclude), targets[lo:lo + SCORE_CHUNK])
     return out
 
 
@@ -238,34 +346,41 @@ def baseline_ranks(dataset: Dataset, sasrec: SASRec, events: NextItemEvents) -> 
 def mixup_ranks(rec: MixupRecommender, text_vecs: np.ndarray | None, states: np.ndarray,
                 histories: list[History], targets: np.ndarray, fusion: Fusion) -> np.ndarray:
     """Whole-catalog target ranks of the served computation: query vectors, re-buy
-    exclusions and one inner product over the bundle's stored vectors."""
+    exclusions, one inner product over the bundle's stored vectors and the repeat term."""
     out = np.empty(len(histories))
     for lo in range(0, len(histories), SCORE_CHUNK):
         hi = lo + SCORE_CHUNK
         t = None if text_vecs is None else text_vecs[lo:hi]
         q = rec.queries(t, states[lo:hi], fusion)
         exclude = rec.exclusions(histories[lo:hi], t, rec.stored_vectors, fusion)
-        out[lo:hi] = target_ranks(rec.scores(q, exclude), targets[lo:hi])
+        out[lo:hi] = target_ranks(rec.scores(q, exclude, rec.boosts(histories[lo:hi], fusion)), targets[lo:hi])
     return out
 
 
 def score_encoder(rec: MixupRecommender, texts: list[str], states: np.ndarray, histories: list[History],
                   events: NextItemEvents, dataset: Dataset, cfg: EvalConfig) -> dict[str, Any]:
-    """Mix-up, title-only and the λ sweep on test for one encoder of the bundle, plus the
-    query-memory ablation and the one-vector-search check."""
+    """Mix-up, title-only (the pure text half: no repeat term) and the λ sweep on the LLM
+    events for one encoder of the bundle; mix-up without its repeat term when it has one;
+    the query-memory ablation and the one-vector-search check."""
     text_vecs = rec.text_vectors(texts)
     targets = events.targets
     mixup = mixup_ranks(rec, text_vecs, states, histories, targets, rec.fusion)
     sweep = [{"lambda": float(lam), **_sweep_point(mixup_ranks(rec, text_vecs, states, histories, targets,
                                                                  rec.fusion.with_lambda(lam)))}
              for lam in cfg.lambdas]
-    return {
+    out = {
         "mixup_ranks": mixup,
-        "title_only_ranks": mixup_ranks(rec, text_vecs, states, histories, targets, rec.fusion.with_lambda(1.0)),
+        "title_only_ranks": mixup_ranks(rec, text_vecs, states, histories, targets,
+                                        rec.fusion.with_lambda(1.0).with_repeat(())),
         "sweep": sweep,
         "query_memory": query_memory_ablation(rec, text_vecs, states, histories, targets, dataset, cfg),
         "one_vector_search_max_abs_diff": one_vector_search_gap(rec, text_vecs, states),
     }
+    without = rec.bundle.manifest["encoders"][rec.encoder_name].get("fusion_without_repeat")
+    if rec.fusion.repeat and without:
+        out["without_repeat_ranks"] = mixup_ranks(rec, text_vecs, states, histories, targets,
+                                                  Fusion.from_json(without))
+    return out
 
 
 def query_memory_ablation(rec: MixupRecommender, text_vecs: np.ndarray, states: np.ndarray,
@@ -325,55 +440,82 @@ def ranking_metrics(ranks: np.ndarray, cfg: EvalConfig) -> dict[str, Any]:
     return out
 
 
-def event_slices(items: pd.DataFrame, events: NextItemEvents,
-                 cold_after: pd.Timestamp) -> dict[str, np.ndarray]:
-    """Boolean masks over events: ``all``; ``cold-start`` (target first seen at or after
-    ``cold_after``, i.e. after training ended); ``repeat`` (target bought before by the
-    same shopper, within the event's history)."""
-    cutoff = pd.Timestamp(cold_after)
-    cutoff = cutoff.tz_localize("UTC") if cutoff.tz is None else cutoff
-    seen = pd.to_datetime(items["first_seen"], utc=True).reset_index(drop=True).iloc[events.targets]
-    cold = (seen.notna() & (seen >= cutoff)).to_numpy(dtype=bool)  # unknown first_seen: not cold
-    ids = items["item_id"].astype(str).to_numpy()
-    repeat = np.array([ids[t] in {i for i, k in zip(h, kinds, strict=True) if k == "purchase"}
-                       for t, h, kinds in zip(events.targets, events.histories, events.kinds,
-                                              strict=True)], dtype=bool)
-    return {"all": np.ones(len(events), bool), "cold-start": cold, "repeat": repeat}
+def event_slices(dataset: Dataset, events: NextItemEvents) -> dict[str, np.ndarray]:
+    """Boolean masks over events: ``all``; ``repeat`` (the target is in the shopper's own
+    history); ``explore`` (the rest); ``cold-start`` (an explore event whose target had no
+    training interaction at all: only its text can find it)."""
+    train, _, _ = dataset.parts()
+    ids = dataset.items["item_id"].astype(str).to_numpy()
+    trained = set(train["item_id"].astype(str))
+    repeat = np.array([ids[t] in set(h) for t, h in zip(events.targets, events.histories, strict=True)], dtype=bool)
+    unseen = np.array([ids[t] not in trained for t in events.targets], dtype=bool)
+    return {"all": np.ones(len(events), bool), "repeat": repeat, "explore": ~repeat,
+            "cold-start": unseen & ~repeat}
 
 
-def claim_check(systems: dict[str, dict[str, Any]], encoders: list[str]) -> dict[str, Any]:
-    """The paper's claim on Recall@10: mix-up beats both its halves and SASRec."""
-    r = {name: m["recall@10"] for name, m in systems.items()}
+# systems compared with each mix-up: (label, rival system; {enc} is the encoder)
+RIVALS = (("sasrec", "sasrec"), ("its text half", "title-only ({enc})"), ("its ID half", "id-only"),
+          ("content", CONTENT), ("last-title mix-up", LAST_TITLE_MIXUP),
+          ("without repeat term", "mix-up without repeat term ({enc})"))
+
+
+def paired_comparisons(ranks: dict[str, np.ndarray], encoders: list[str], cfg: EvalConfig) -> list[dict[str, Any]]:
+    """Each mix-up against its rivals on the same events: the paired bootstrap difference of
+    Recall@10 and NDCG@10, with 95% CIs and p-values."""
+    out = []
+    for enc in encoders:
+        mix = ranks[f"mix-up ({enc})"]
+        for label, rival in RIVALS:
+            other = ranks.get(rival.format(enc=enc))
+            if other is None:
+                continue
+            row = {"system": f"mix-up ({enc})", "rival": rival.format(enc=enc), "label": label}
+            for metric, per_event in (("recall@10", hits_at_k), ("ndcg@10", ndcg_gains)):
+                row[metric] = paired_bootstrap(per_event(mix, 10), per_event(other, 10), seed=cfg.seed).as_dict()
+            out.append(row)
+    return out
+
+
+def claim_check(systems: dict[str, dict[str, Any]], paired: list[dict[str, Any]],
+                encoders: list[str]) -> dict[str, Any]:
+    """The issue's target on the LLM events: mix-up ≥ 1.3 × the best system that is not a
+    mix-up (SASRec, title-only, content) on Recall@10 and NDCG@10, the paired difference's
+    95% CI above zero, and mix-up above both of its halves."""
     per = {}
     for enc in encoders:
-        mix = f"mix-up ({enc})"
-        rivals = [f"title-only ({enc})", "id-only", "sasrec"]
-        beats = {k: r[mix] > r[k] for k in rivals}
-        lo = systems[mix]["recall@10_ci"][0]
-        per[enc] = {"holds": all(beats.values()), "beats": beats, "recall@10": r[mix],
-                    "ci_clear_of_sasrec": lo > r["sasrec"]}
-    return {"statement": "mix-up beats both halves and beats SASRec on Recall@10",
+        mix = systems[f"mix-up ({enc})"]
+        rivals = ["sasrec", f"title-only ({enc})", CONTENT]
+        best = {m: max(rivals, key=lambda s, m=m: systems[s][m]) for m in ("recall@10", "ndcg@10")}
+        ratio = {m: mix[m] / systems[best[m]][m] if systems[best[m]][m] else math.inf for m in best}
+        vs = {(p["rival"]): p for p in paired if p["system"] == f"mix-up ({enc})"}
+        ci_above = {m: vs[best[m]][m]["ci"][0] > 0 for m in best}
+        halves = all(mix["recall@10"] > systems[h]["recall@10"] for h in (f"title-only ({enc})", "id-only"))
+        per[enc] = {"best_rival": best, "ratio": ratio, "ci_above_zero": ci_above, "beats_both_halves": halves,
+                    "holds": all(r >= 1.3 for r in ratio.values()) and all(ci_above.values()) and halves}
+    return {"statement": "mix-up ≥ 1.3 × the best of SASRec, title-only and content on Recall@10 and "
+                         "NDCG@10 (paired 95% CI above zero), and above both of its halves",
             "per_encoder": per, "holds": any(v["holds"] for v in per.values())}
 
 
 # -- provenance ----------------------------------------------------------------------------------------
 
 
-def dataset_summary(dataset: Dataset, bundle: Bundle, test_ev: NextItemEvents,
+def dataset_summary(dataset: Dataset, bundle: Bundle, events: NextItemEvents, llm_ev: NextItemEvents,
                     masks: dict[str, np.ndarray], sasrec: SASRec) -> dict[str, Any]:
     train, val, test = dataset.parts()
     m = dataset.manifest()
     known = sasrec.known_items()
     return {
         "name": dataset.name, "source": dataset.source, "data_hash": m["data_hash"],
+        "protocol": dataset.protocol,
         "n_items": m["n_items"], "n_users": m["n_users"], "n_interactions": m["n_interactions"],
         "n_purchases": m["n_purchases"], "split": m["split"],
         "interactions_train_val_test": [len(train), len(val), len(test)],
         "test_purchases": int((test["kind"] == "purchase").sum()),
-        "n_val_events": bundle.manifest["validation"]["n_events"], "n_test_events": len(test_ev),
-        "n_test_events_cold_start": int(masks["cold-start"].sum()),
-        "n_test_events_repeat": int(masks["repeat"].sum()),
-        "test_targets_unknown_to_sasrec": int((~known[test_ev.targets]).sum()),
+        "n_val_events": bundle.manifest["validation"]["n_events"], "n_test_events": len(events),
+        "n_llm_test_events": len(llm_ev),
+        **{f"n_llm_test_events_{s}": int(mask.sum()) for s, mask in masks.items() if s != "all"},
+        "test_targets_unknown_to_sasrec": int((~known[events.targets]).sum()),
         "items_known_to_sasrec": int(known.sum()),
     }
 
@@ -426,7 +568,7 @@ def write_report(result: EvalResult, out_dir: Path | str) -> Path:
         (out_dir / "generations.json").write_text(json.dumps(result.generations, indent=1) + "\n")
     plot_lambda_sweep(result, out_dir / "lambda_sweep.png")
     plot_systems(result, out_dir / "systems.png")
-    plot_slices(result, out_dir / "cold_start.png")
+    plot_slices(result, out_dir / "slices.png")
     if result.costs.get("lora_loss_curve"):
         plot_lora(result, out_dir / "lora_convergence.png")
     (out_dir / "report.md").write_text(report_markdown(result))
@@ -465,8 +607,21 @@ def _metric_rows(systems: dict[str, dict[str, Any]], cols: list[str]) -> list[li
     return rows
 
 
+def _diff(d: dict[str, Any]) -> str:
+    return f"{d['diff']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]"
+
+
 def _id_half(fusion: dict[str, Any]) -> str:
     return "cosine" if fusion["id_half"] == "cosine" else f"logit (σ = {fusion['sigma']:.3g})"
+
+
+def _repeat(choice: dict[str, Any]) -> str:
+    rep = choice.get("repeat")
+    if not rep:
+        return "not fitted"
+    weights = ", ".join(f"{w:.3g}" for w in rep["weights"])
+    state = "on" if rep["kept"] else "off (did not help)"
+    return f"{state}: [{weights}] (val R@10 {rep['val_recall@10']:.4f} vs {rep['val_recall@10_without']:.4f})"
 
 
 def _rebuy(threshold: float | None) -> str:
@@ -490,21 +645,40 @@ def report_markdown(result: EvalResult) -> str:
         ["split (val start, test start)", f"{d['split']['val_start']}, {d['split']['test_start']}"],
         ["interactions train / val / test", " / ".join(f"{n:,}" for n in d["interactions_train_val_test"])],
         ["validation events (the bundle's fusion was chosen here)", d["n_val_events"]],
-        ["test events (same for every system)", f"{d['n_test_events']} of {d['test_purchases']:,} test purchases"],
-        ["test events: cold-start / repeat", f"{d['n_test_events_cold_start']} / {d['n_test_events_repeat']}"],
+        ["protocol", d.get("protocol", "temporal")],
+        ["test events (systems that need no LLM)", f"{d['n_test_events']:,} of {d['test_purchases']:,} test purchases"],
+        ["LLM test events (seeded sample; every system in the paired table)", f"{d['n_llm_test_events']:,}"],
+        ["LLM test events: repeat / explore / cold-start",
+         f"{d['n_llm_test_events_repeat']} / {d['n_llm_test_events_explore']} / {d['n_llm_test_events_cold-start']}"],
         ["test targets without a SASRec embedding", d["test_targets_unknown_to_sasrec"]],
     ])
-    lines += ["## Systems on the test events", ""]
+    lines += ["## Every system on the LLM test events (paired)", ""]
+    lines += _table(["system", *metric_cols, "Recall@10 95% CI", "n"],
+                    _metric_rows(result.slices["all"], metric_cols))
+    lines += ["## Paired differences (mix-up − rival, same events)", ""]
+    lines += _table(["mix-up", "rival", "ΔRecall@10 [95% CI]", "p", "ΔNDCG@10 [95% CI]", "p"],
+                    [[p["system"], p["rival"], _diff(p["recall@10"]), _fmt(p["recall@10"]["p_value"], 3),
+                      _diff(p["ndcg@10"]), _fmt(p["ndcg@10"]["p_value"], 3)] for p in result.paired])
+    lines += ["## Systems on every test event they can score", "",
+              "The systems that need no LLM score every test purchase; the LLM systems score the "
+              "sample above.", ""]
     lines += _table(["system", *metric_cols, "Recall@10 95% CI", "n"],
                     _metric_rows(result.systems, metric_cols))
-    lines += ["![systems](systems.png)", "", "## Slices", ""]
+    lt = result.last_title
+    if lt:
+        lines += [f"The last-title mix-up's λ = {lt['lambda']:.1f} was chosen on validation "
+                  f"(validation Recall@10 by λ: {', '.join(f'{k:g} {v:.4f}' for k, v in lt['val_curve'].items())}; "
+                  f"content {lt['val_recall@10_content']:.4f}).", ""]
+    lines += ["![systems](systems.png)", "", "## Slices (LLM test events)", "",
+              "*repeat*: the target is in the shopper's own history; *explore*: the rest; "
+              "*cold-start*: explore events whose target had no training interaction.", ""]
     for name, systems in result.slices.items():
         if name == "all":
             continue
         lines += [f"### {name}", ""]
         lines += _table(["system", "recall@10", "ndcg@10", "mrr", "Recall@10 95% CI", "n"],
                         _metric_rows(systems, ["recall@10", "ndcg@10", "mrr"]))
-    lines += ["![slices](cold_start.png)", "", "## λ sweep on test", ""]
+    lines += ["![slices](slices.png)", "", "## λ sweep on test", ""]
     for enc, rows in result.sweep.items():
         lines += [f"### {enc} (chosen λ = {result.choices[enc]['lambda']:.1f} on validation)", ""]
         val = result.choices[enc]["val_curve"]
@@ -514,11 +688,11 @@ def report_markdown(result: EvalResult) -> str:
     lines += ["![lambda sweep](lambda_sweep.png)", "", "## Choices made on validation", "",
               f"Bundle **{result.bundle.get('version')}**; the live path serves the "
               f"**{result.bundle.get('served_encoder')}** encoder (best validation objective).", ""]
-    lines += _table(["encoder", "λ", "ID half (σ)", "re-buy rule", "imputation", "val R@10",
+    lines += _table(["encoder", "λ", "ID half (σ)", "re-buy rule", "repeat term", "imputation", "val R@10",
                      "val R@10 by ID half", "val R@10 by re-buy rule", "query memory test R@10 off / on",
                      "one-search max |diff|"],
                     [[enc, f"{ch['lambda']:.1f}", _id_half(ch["fusion"]), _rebuy(ch["fusion"]["rebuy_threshold"]),
-                      "on" if ch["impute"] else "off", ch["val_recall@10"],
+                      _repeat(ch), "on" if ch["impute"] else "off", ch["val_recall@10"],
                       ", ".join(f"{k} {_fmt(v)}" for k, v in ch["options"]["id_half"].items()),
                       ", ".join(f"{_rebuy(None if k == 'None' else float(k))} {_fmt(v)}"
                                 for k, v in ch["options"]["rebuy_threshold"].items()),
@@ -536,10 +710,10 @@ def report_markdown(result: EvalResult) -> str:
               f"*{result.claim['statement']}*:", ""]
     for enc, v in result.claim["per_encoder"].items():
         verdict = "**holds**" if v["holds"] else "**does not hold**"
-        detail = ", ".join(f"{'>' if b else '≤'} {k}" for k, b in v["beats"].items())
-        ci = " (its 95% CI lies above SASRec's point estimate)" if v["ci_clear_of_sasrec"] else \
-            " (its 95% CI overlaps SASRec's point estimate)"
-        lines.append(f"- {enc}: {verdict}: mix-up R@10 {v['recall@10']:.4f} {detail}{ci}.")
+        parts = [f"{m}: {v['ratio'][m]:.2f} × {v['best_rival'][m]} (paired CI "
+                 f"{'above' if v['ci_above_zero'][m] else 'not above'} zero)" for m in v["ratio"]]
+        halves = "above both halves" if v["beats_both_halves"] else "not above both halves"
+        lines.append(f"- {enc}: {verdict}: {'; '.join(parts)}; {halves}.")
     lines += ["", "## Costs", ""]
     lines += _table(["cost", "value"], [[k, v] for k, v in result.costs.items()
                                         if not isinstance(v, list)])
@@ -615,7 +789,7 @@ def plot_lambda_sweep(result: EvalResult, path: Path) -> None:
             ax.plot(lams, [r[key] for r in rows], marker="o", label=enc)
             ax.axvline(result.choices[enc]["lambda"], ls=":", alpha=0.5)
     for ax, key in zip(axes, ("Recall@10", "NDCG@10"), strict=True):
-        ax.axhline(result.systems["sasrec"][key.lower()], color="grey", ls="--", label="sasrec")
+        ax.axhline(result.slices["all"]["sasrec"][key.lower()], color="grey", ls="--", label="sasrec")
         ax.set(xlabel="λ (0 = ID only, 1 = title only)", ylabel=key, title=f"{key} vs λ (test)")
         ax.legend()
     save_figure(fig, path)
@@ -634,9 +808,9 @@ def _bars(ax: Any, systems: dict[str, dict[str, Any]], offset: float = 0.0, widt
 def plot_systems(result: EvalResult, path: Path) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.5))
-    _bars(ax, result.systems)
+    _bars(ax, result.slices["all"])
     ax.set(ylabel="Recall@10", title=f"Recall@10 per system, 95% bootstrap CI "
-                                     f"(n={result.dataset['n_test_events']})")
+                                     f"(n={result.dataset['n_llm_test_events']})")
     save_figure(fig, path)
 
 
@@ -649,7 +823,7 @@ def plot_slices(result: EvalResult, path: Path) -> None:
         n = next(iter(result.slices[s].values()))["n_events"]
         _bars(ax, result.slices[s], offset=(j - (len(names) - 1) / 2) * width, width=width,
               label=f"{s} (n={n})")
-    ax.set(ylabel="Recall@10", title="Recall@10 on the cold-start and repeat slices")
+    ax.set(ylabel="Recall@10", title="Recall@10 on the repeat, explore and cold-start slices")
     ax.legend()
     save_figure(fig, path)
 

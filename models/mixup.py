@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -55,12 +55,18 @@ class Fusion:
     ``rebuy_threshold``: items the shopper already bought are left out of the answer
     unless the generated text names them (``cos(t_q, t_i) >= threshold``: the model
     predicts a re-buy). ``None`` keeps bought items rankable like any other.
+
+    ``repeat``: the repeat term, a score added to the items of the shopper's own history
+    by recency rank (``repeat[0]`` to the newest distinct item; ranks past the end get the
+    last weight); empty: off. Shoppers buy again, and the search alone cannot know which
+    items a shopper has.
     """
 
     lam: float
     id_half: str = "cosine"
     sigma: float = 1.0
     rebuy_threshold: float | None = None
+    repeat: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.lam <= 1.0:
@@ -71,14 +77,30 @@ class Fusion:
             raise ValueError(f"σ must be positive, got {self.sigma}")
 
     def with_lambda(self, lam: float) -> Fusion:
-        return Fusion(float(lam), self.id_half, self.sigma, self.rebuy_threshold)
+        return replace(self, lam=float(lam))
+
+    def with_repeat(self, repeat: Sequence[float]) -> Fusion:
+        return replace(self, repeat=tuple(float(w) for w in repeat))
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "repeat": list(self.repeat)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Fusion:
-        return cls(**{k: data[k] for k in ("lam", "id_half", "sigma", "rebuy_threshold") if k in data})
+        kept = {k: data[k] for k in ("lam", "id_half", "sigma", "rebuy_threshold") if k in data}
+        return cls(**kept, repeat=tuple(data.get("repeat") or ()))
+
+
+def repeat_boosts(history_items: Sequence[str], weights: Sequence[float]) -> dict[str, float]:
+    """The repeat term of one shopper: a weight per distinct history item by recency rank
+    (newest first; ranks past the last weight get the last weight). No weights: nothing."""
+    out: dict[str, float] = {}
+    if not len(weights):
+        return out
+    for item in reversed(list(history_items)):
+        if item not in out:
+            out[item] = float(weights[min(len(out), len(weights) - 1)])
+    return out
 
 
 def id_part(id_emb: np.ndarray, id_half: str) -> np.ndarray:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from models.bundle import Bundle
-from models.mixup import Fusion, Hit, MixupIndex, mixup_query, rebuy_exclusions
+from models.mixup import Fusion, Hit, MixupIndex, mixup_query, rebuy_exclusions, repeat_boosts
 
 LLM_PATH = "llm"
 ID_ONLY_PATH = "id-only"
@@ -173,20 +173,47 @@ class MixupRecommender:
 
         return rebuy_exclusions(bought, text_sim, threshold)
 
+    def boosts(self, histories: Sequence[History], fusion: Fusion | None = None) -> list[dict[str, float]]:
+        """The repeat term per shopper: history item -> score added (empty when it is off)."""
+        weights = (fusion or self.fusion).repeat
+        return [repeat_boosts(h.item_ids, weights) for h in histories]
+
     # -- stage 3: the search (Milvus in serving; exact and in process here) -----------------
     def stored_vectors(self, item_ids: Sequence[str]) -> dict[str, np.ndarray]:
         return {i: self.index.vectors[self.index.index[i]] for i in item_ids if i in self.index.index}
 
-    def search(self, queries: np.ndarray, exclude: Sequence[Sequence[str]], k: int) -> list[list[Hit]]:
-        return self.index.search(np.atleast_2d(queries), k=k, exclude=list(exclude))
+    def rankable_vectors(self, item_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """Stored vectors of the items that may be answered (in the catalog and in stock)."""
+        return {i: v for i, v in self.stored_vectors(item_ids).items()
+                if self.index.available[self.index.index[i]]}
 
-    def scores(self, queries: np.ndarray, exclude: Sequence[Sequence[str]]) -> np.ndarray:
+    def search(self, queries: np.ndarray, exclude: Sequence[Sequence[str]], k: int,
+               boosts: Sequence[Mapping[str, float]] | None = None) -> list[list[Hit]]:
+        """The ``k`` best per query; with the repeat term, over the search's candidates plus
+        the shopper's history items (:func:`with_repeats`, what serving runs after Milvus)."""
+        q = np.atleast_2d(queries)
+        extra = max((len(b) for b in boosts), default=0) if boosts else 0
+        found = self.index.search(q, k=k + extra, exclude=list(exclude))
+        if not extra:
+            return found
+        rows = [[(h.item_id, h.score) for h in row] for row in found]
+        return [[Hit(i, s) for i, s in row]
+                for row in with_repeats(rows, q, boosts, exclude, self.rankable_vectors, k)]
+
+    def scores(self, queries: np.ndarray, exclude: Sequence[Sequence[str]],
+               boosts: Sequence[Mapping[str, float]] | None = None) -> np.ndarray:
         """Whole-catalog scores [n, items], catalog order; excluded and unavailable items
-        get -inf (they can never be answered, so evaluation must not count them either)."""
+        get -inf (they can never be answered, so evaluation must not count them either);
+        the repeat term is added to the history items that may be answered."""
         s = np.atleast_2d(self.index.scores(queries)).astype(np.float64)
         s[:, ~self.index.available] = -np.inf
         for r, ids in enumerate(exclude):
             s[r, [self.index.index[i] for i in ids if i in self.index.index]] = -np.inf
+        for r, boost in enumerate(boosts or ()):
+            for item, w in boost.items():
+                c = self.index.index.get(item)
+                if c is not None and np.isfinite(s[r, c]):
+                    s[r, c] += w
         return s
 
     # -- the whole path -------------------------------------------------------------------
@@ -197,15 +224,39 @@ class MixupRecommender:
         text_vecs = self.text_vectors(texts)
         q = self.queries(text_vecs, self.user_states(histories))
         exclude = self.exclusions(histories, text_vecs, self.stored_vectors)
-        return [Ranked(hits, text, LLM_PATH)
-                for hits, text in zip(self.search(q, exclude, k), texts, strict=True)]
+        found = self.search(q, exclude, k, self.boosts(histories))
+        return [Ranked(hits, text, LLM_PATH) for hits, text in zip(found, texts, strict=True)]
 
     def recommend_id_only(self, histories: Sequence[History], k: int = 10) -> list[Ranked]:
-        """The fast path with no LLM: the same search at λ = 0 (the stream's fallback)."""
+        """The fast path with no LLM: the same search at λ = 0, without the repeat term (the
+        stream's fallback: SASRec's own ranking when the ID half is its logit)."""
         fusion = self.fusion.with_lambda(0.0)
         q = self.queries(None, self.user_states(histories), fusion)
         exclude = self.exclusions(histories, None, self.stored_vectors, fusion)
         return [Ranked(hits, "", ID_ONLY_PATH) for hits in self.search(q, exclude, k)]
+
+
+def with_repeats(rows: Sequence[Sequence[tuple[str, float]]], queries: np.ndarray,
+                 boosts: Sequence[Mapping[str, float]], exclude: Sequence[Sequence[str]],
+                 rankable: Callable[[list[str]], Mapping[str, np.ndarray]], k: int
+                 ) -> list[list[tuple[str, float]]]:
+    """The repeat term on top of a search: each row's candidates ``(item, q·x_i)`` plus the
+    shopper's rankable, not excluded history items scored exactly, the boosts added, the
+    ``k`` best kept. Equal to the whole-catalog ranking's top ``k`` whenever the search
+    fetched ``k`` + (history items) candidates, since only history items gain."""
+    vectors = rankable(list(dict.fromkeys(i for b in boosts for i in b)))
+    out = []
+    for r, (row, boost) in enumerate(zip(rows, boosts, strict=True)):
+        scores = dict(row)
+        left_out = set(exclude[r]) if r < len(exclude) else set()
+        for item in boost:
+            if item not in scores and item in vectors and item not in left_out:
+                scores[item] = float(np.asarray(vectors[item], np.float64) @ np.asarray(queries[r], np.float64))
+        for item, w in boost.items():
+            if item in scores:
+                scores[item] += w
+        out.append(sorted(scores.items(), key=lambda x: -x[1])[:k])
+    return out
 
 
 def history_prompts(histories: Sequence[History], catalog: Mapping[str, Any], tokenizer: Any,

@@ -64,6 +64,7 @@ class SASRecConfig:
     eval_kinds: tuple[str, ...] = ("purchase", "click")
     max_eval_events: int = 2000
     seed: int = 0
+    device: str = "cpu"  # training device ("auto": the GPU when torch sees one); saved models are CPU
 
 
 # -- model -----------------------------------------------------------------------------------
@@ -164,7 +165,8 @@ class SASRec(nn.Module):
             enc = [self.encode_history(h, k) for h, k in
                    zip(histories[lo:lo + batch_size], kinds[lo:lo + batch_size], strict=True)]
             items, kd = left_pad([e[0] for e in enc], [e[1] for e in enc], self.cfg.max_len)
-            out.append(self(items, kd)[:, -1].numpy())
+            dev = self.item_emb.weight.device
+            out.append(self(items.to(dev), kd.to(dev))[:, -1].cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.cfg.dim), np.float32)
 
     def user_state(self, history_item_ids: Sequence[str], kinds: Sequence[str] | None = None
@@ -297,6 +299,9 @@ def train_sasrec(data: Dataset | tuple[pd.DataFrame, ...], config: SASRecConfig 
     model = SASRec(items["item_id"].astype(str).tolist(), cfg)
     windows = training_windows(train, model.index, model.bos, cfg)
     model.seen[windows.targets[windows.targets != PAD] - 1] = True
+    device = _device(cfg.device)
+    model.to(device)
+    windows = Windows(*(t.to(device) for t in (windows.items, windows.kinds, windows.targets, windows.weights)))
     events = _validation_events(model, train, val, cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -317,6 +322,7 @@ def train_sasrec(data: Dataset | tuple[pd.DataFrame, ...], config: SASRecConfig 
             if stale >= cfg.patience:
                 break
     model.load_state_dict(best_state)
+    model.to("cpu")
     model.manifest = _manifest(model, data_hash, best, best_epoch, history,
                                time.perf_counter() - started, len(windows.items), events)
     return model.eval()
@@ -328,6 +334,7 @@ def _train_epoch(model: SASRec, w: Windows, opt: torch.optim.Optimizer, batch_si
     model.train()
     total, weight = 0.0, 0.0
     for batch in torch.randperm(len(w.items), generator=gen).split(batch_size):
+        batch = batch.to(w.items.device)
         hidden = model(w.items[batch], w.kinds[batch])
         tgt, wt = w.targets[batch], w.weights[batch]
         live = tgt != PAD
@@ -339,6 +346,12 @@ def _train_epoch(model: SASRec, w: Windows, opt: torch.optim.Optimizer, batch_si
         total += float((ce.detach() * wt[live]).sum())
         weight += float(wt[live].sum())
     return total / max(weight, 1e-9)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def _validation_events(model: SASRec, train: pd.DataFrame, val: pd.DataFrame | None,
@@ -364,7 +377,7 @@ def _manifest(model: SASRec, data_hash: str, best: float, best_epoch: int,
     h = hashlib.sha256(data_hash.encode())
     h.update(json.dumps(asdict(model.cfg), sort_keys=True).encode())
     for v in model.state_dict().values():
-        h.update(v.numpy().tobytes())
+        h.update(v.cpu().numpy().tobytes())
     return {
         "model": "sasrec",
         "model_version": f"sasrec-{h.hexdigest()[:12]}",

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from models.answers import Answers, event_keys
 from models.bundle import (
     FORMAT,
     ITEMS,
@@ -46,7 +47,15 @@ from models.bundle import (
 )
 from models.data.dataset import Dataset
 from models.metrics import NextItemEvents, mrr, next_item_events, recall_at_k, target_ranks
-from models.mixup import DEFAULT_LAMBDAS, ID_HALVES, Fusion, IdImputer, mixup_item_vectors, unit
+from models.mixup import (
+    DEFAULT_LAMBDAS,
+    ID_HALVES,
+    Fusion,
+    IdImputer,
+    mixup_item_vectors,
+    repeat_boosts,
+    unit,
+)
 from models.recommender import History, embed_texts, history_prompts, user_states
 from models.sasrec import SASRec, SASRecConfig, train_sasrec
 
@@ -85,6 +94,9 @@ class TrainConfig:
     lora_patience: int = 0  # early stop after N evaluations without improvement; 0: never
     lora_device: str = "auto"  # LoRA training device ("auto": the GPU when there is one)
     lora_run: Path | None = None  # a finished LoRA run (adapter + manifest) to use instead
+    repeat_term: bool = True  # fit the repeat term on validation (kept only if it helps)
+    sasrec_run: Path | None = None  # a SASRec trained elsewhere on this data set to use instead
+    answers: Path | None = None  # LLM answers generated elsewhere by the same LoRA run
     max_history: int = 10  # history events shown in an LLM prompt (newest kept)
     max_val_events: int = 64
     max_new_tokens: int = 24
@@ -142,7 +154,7 @@ def train_bundle(dataset: Dataset, cfg: TrainConfig | None = None, out: Path | s
                         ignore=shutil.ignore_patterns("checkpoints", "merged"))
     export_llm(out, costs)
     val = Validation.of(val_ev)
-    val.texts = generate_validation(dataset, val, out, cfg, progress, costs)
+    val.texts = generate_validation(dataset, val, out, cfg, progress, costs, llm["model_version"])
     val.states = user_states(sasrec, val.histories, sasrec.cfg.max_len)
     choices = {name: fit_encoder(dataset, name, sasrec, val, cfg, out, progress, costs)
                for name in cfg.title_encoders}
@@ -195,8 +207,20 @@ def _place(src: Path, dest: Path) -> None:
 
 def fit_sasrec(dataset: Dataset, cfg: TrainConfig, folder: Path, progress: bool,
                costs: dict[str, Any]) -> SASRec:
-    log.info("training SASRec (ID embeddings e_i, user state u) on the train period")
+    """Train SASRec on the train period, or adopt ``cfg.sasrec_run`` (trained on a GPU box by
+    ``bench_convergence.py --sasrec``) when it was trained on this very data set."""
     t0 = time.perf_counter()
+    if cfg.sasrec_run is not None:
+        model = SASRec.load(cfg.sasrec_run)
+        if model.manifest.get("data_hash") != dataset.data_hash():
+            raise ValueError(f"SASRec in {cfg.sasrec_run} was trained on data "
+                             f"{model.manifest.get('data_hash')}, not on this data set ({dataset.data_hash()})")
+        log.info("using SASRec %s from %s", model.version, cfg.sasrec_run)
+        costs["sasrec_adopted"] = str(cfg.sasrec_run)
+        costs["sasrec_train_seconds"] = model.manifest.get("train_seconds")
+        model.save(folder)
+        return model
+    log.info("training SASRec (ID embeddings e_i, user state u) on the train period")
     model = train_sasrec(dataset, cfg.sasrec, progress=progress)
     costs["sasrec_train_seconds"] = round(time.perf_counter() - t0, 2)
     model.save(folder)
@@ -217,11 +241,20 @@ def export_llm(out: Path, costs: dict[str, Any]) -> None:
 
 
 def generate_validation(dataset: Dataset, val: Validation, out: Path, cfg: TrainConfig, progress: bool,
-                        costs: dict[str, Any]) -> list[str]:
+                        costs: dict[str, Any], llm_version: str = "") -> list[str]:
     """The tuned LLM's answer for every validation event, as serving would generate it."""
     from models.llm.generate import GenerationTotals, generate_in_batches
     from models.llm.prompts import _catalog
 
+    if cfg.answers is not None:  # made by the same LoRA run on another machine (a GPU box)
+        answers = Answers.load(cfg.answers)
+        answers.require(llm_version, dataset.data_hash())
+        texts = answers.lookup("val", event_keys(val.events, dataset.items["item_id"].astype(str).tolist()))
+        if texts is not None:
+            log.info("validation answers from %s (%s)", cfg.answers, answers.costs.get("device"))
+            costs.update(val_answers_file=str(cfg.answers), val_generated=len(texts))
+            return texts
+        log.warning("%s lacks some validation events: generating them here", cfg.answers)
     generator = llm_generator(out, cfg.engine, device="cpu" if cfg.engine == "onnx" else "auto")
     prompts = history_prompts(val.histories, _catalog(dataset.items), generator.tokenizer, cfg.max_history)
     totals = GenerationTotals()
@@ -254,6 +287,8 @@ def fit_encoder(dataset: Dataset, name: str, sasrec: SASRec, val: Validation, cf
     costs[f"title_vectors_{name}_seconds"] = round(time.perf_counter() - t0, 2)
     halves = ValidationHalves.of(titles, embed_texts(encoder, val.texts), val, sasrec, dataset.items)
     choice = choose_fusion(halves, val.events.targets, cfg)
+    if cfg.repeat_term:
+        choice = choose_repeat(halves, val.events.targets, choice)
     log.info("%s: %s, imputation %s; validation R@10 %.4f", name, choice["fusion"],
              "on" if choice["impute"] else "off", choice["val_recall@10"])
     id_emb = halves.id_emb[(choice["impute"], choice["fusion"]["id_half"])]
@@ -398,14 +433,25 @@ def training_examples(dataset: Dataset, cfg: TrainConfig, tokenizer: Any) -> lis
     LoRA run will read (a seeded sample), so prompt building stays cheap."""
     from models.llm.prompts import build_examples
 
+    train, _, _ = dataset.parts()
+    buys = train.index[(train["kind"] == "purchase").to_numpy()]
+    wanted = max(1, cfg.lora_steps * cfg.lora_batch_size)
+    rows = None
+    if len(buys) > 2 * wanted:  # render only a seeded sample of targets (twice what is read)
+        rows = pd.Index(np.random.default_rng(cfg.seed).choice(buys, 2 * wanted, replace=False))
     examples = build_examples(dataset, "train", max_history=cfg.max_history, tokenizer=tokenizer,
-                              tasks=("title", "category"))
+                              tasks=("title", "category"), rows=rows)
     # an answer that carries no information ("unknown" category of an item without article
     # data) would teach the model to say "unknown" for every task
     examples = [ex for ex in examples if ex.target.strip().lower() not in UNINFORMATIVE]
+    # a task whose answer never changes (Amazon's one "Clothing, Shoes & Jewelry" category)
+    # teaches nothing and would take half the steps
+    answers: dict[str, set[str]] = {}
+    for ex in examples:
+        answers.setdefault(ex.task, set()).add(ex.target.strip().lower())
+    examples = [ex for ex in examples if len(answers[ex.task]) > 1]
     if not examples:
         raise ValueError("no train-period purchases to build LLM prompts from")
-    wanted = max(1, cfg.lora_steps * cfg.lora_batch_size)
     if len(examples) > wanted:
         keep = np.sort(np.random.default_rng(cfg.seed).choice(len(examples), wanted, replace=False))
         examples = [examples[i] for i in keep]
@@ -417,8 +463,13 @@ def validation_examples(dataset: Dataset, cfg: TrainConfig, tokenizer: Any,
     """Held-out title prompts from the validation period (early stopping; test untouched)."""
     from models.llm.prompts import build_examples
 
+    _, val, _ = dataset.parts()
+    buys = val.index[(val["kind"] == "purchase").to_numpy()]
+    rows = None
+    if len(buys) > 4 * limit:  # render a seeded sample of targets only
+        rows = pd.Index(np.random.default_rng(cfg.seed + 1).choice(buys, 4 * limit, replace=False))
     examples = [ex for ex in build_examples(dataset, "val", max_history=cfg.max_history,
-                                            tokenizer=tokenizer, tasks=("title",))
+                                            tokenizer=tokenizer, tasks=("title",), rows=rows)
                 if ex.target.strip().lower() not in UNINFORMATIVE]
     if len(examples) > limit:
         keep = np.sort(np.random.default_rng(cfg.seed + 1).choice(len(examples), limit,
@@ -441,6 +492,7 @@ class ValidationHalves:
     id_emb: dict[tuple[bool, str], np.ndarray]
     imputers: dict[str, IdImputer]
     bought: list[np.ndarray]
+    recent: list[np.ndarray] = field(default_factory=list)  # distinct history rows, newest first
 
     @classmethod
     def of(cls, titles: np.ndarray, text_vecs: np.ndarray, val: Validation, sasrec: SASRec,
@@ -461,7 +513,9 @@ class ValidationHalves:
         text = (unit(text_vecs) @ unit(titles).T).astype(np.float32)
         index = {item: r for r, item in enumerate(items["item_id"].astype(str))}
         bought = [np.array([index[i] for i in h.bought() if i in index], dtype=np.int64) for h in val.histories]
-        return cls(text, ids, id_emb, imputers, bought)
+        recent = [np.array([index[i] for i in repeat_boosts(h.item_ids, (0.0,)) if i in index], dtype=np.int64)
+                  for h in val.histories]
+        return cls(text, ids, id_emb, imputers, bought, recent)
 
     def sigma_base(self, impute: bool) -> float:
         """Spread of the logits over the spread of the text cosines: σ = 1× this puts the halves on a par."""
@@ -477,6 +531,12 @@ class ValidationHalves:
             for r, rows in enumerate(self.bought):
                 out = rows[~(self.text[r, rows] >= fusion.rebuy_threshold)]
                 s[r, out] = -np.inf
+        if fusion.repeat:
+            s = s.astype(np.float64)
+            for r, rows in enumerate(self.recent):
+                w = np.asarray(fusion.repeat)[np.minimum(np.arange(len(rows)), len(fusion.repeat) - 1)]
+                live = np.isfinite(s[r, rows])
+                s[r, rows[live]] += w[live]
         return s
 
 
@@ -513,6 +573,46 @@ def choose_fusion(h: ValidationHalves, targets: np.ndarray, cfg: TrainConfig) ->
                                 for v in cfg.rebuy_thresholds},
         },
     }
+
+
+REPEAT_RANKS = 5  # repeat weights for the 4 newest distinct history items, one for the rest
+REPEAT_FACTORS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # × the spread of the blended scores
+
+
+def choose_repeat(h: ValidationHalves, targets: np.ndarray, choice: dict[str, Any]) -> dict[str, Any]:
+    """The repeat term on top of the chosen fusion, fitted on validation by coordinate
+    ascent over a weight per recency rank; kept only when it beats the fusion without it.
+
+    With the term on, bought items are never left out (the term decides how much they are
+    worth), so the re-buy rule is off. Returns the choice, updated when the term is kept.
+    """
+    base = Fusion.from_json(choice["fusion"])
+    impute = choice["impute"]
+    plain = Fusion(base.lam, base.id_half, base.sigma, None)
+    s = h.scores(plain, impute)
+    spread = float(np.mean(np.std(np.where(np.isfinite(s), s, 0.0), axis=1)))
+
+    def objective(weights: list[float]) -> tuple[float, float, float]:
+        ranks = target_ranks(h.scores(plain.with_repeat(weights), impute), targets)
+        recall = recall_at_k(ranks, CHOICE_K)
+        return recall + TIE_BREAK * mrr(ranks), recall, mrr(ranks)
+
+    weights = [0.0] * REPEAT_RANKS
+    best = objective(weights)
+    for _ in range(2):
+        for r in range(REPEAT_RANKS):
+            for f in REPEAT_FACTORS:
+                trial = [*weights[:r], f * spread, *weights[r + 1:]]
+                got = objective(trial)
+                if got[0] > best[0]:
+                    best, weights = got, trial
+    out = {**choice, "repeat": {"weights": weights, "spread": spread, "val_recall@10": best[1],
+                                "val_recall@10_without": choice["val_recall@10"],
+                                "kept": bool(best[0] > choice["objective"] and any(weights))}}
+    if out["repeat"]["kept"]:
+        out.update({"fusion": plain.with_repeat(weights).to_json(), "fusion_without_repeat": choice["fusion"],
+                    "objective": best[0], "val_recall@10": best[1], "val_mrr": best[2]})
+    return out
 
 
 def _best(candidates: Sequence[tuple[Any, ...]], keep: Any) -> float | None:

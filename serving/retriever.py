@@ -19,7 +19,7 @@ from ray import serve
 
 from indexer.collection import ItemCollection, SearchHit, connect, resolve_collection
 from models.bundle import Bundle
-from models.recommender import History, MixupRecommender
+from models.recommender import History, MixupRecommender, with_repeats
 
 
 class MissingIndex(RuntimeError):
@@ -64,8 +64,23 @@ class Retriever:
         queries = self.rec.queries(text_vecs, self.rec.user_states(histories))
         items = self.collection()
         exclude = self.rec.exclusions(histories, text_vecs, items.vectors)
-        hits = items.search(queries, max(k for _, _, k in requests), exclude)
+        k_max = max(k for _, _, k in requests)
+        boosts = self.rec.boosts(histories)
+        extra = max((len(b) for b in boosts), default=0)
+        hits = items.search(queries, k_max + extra, exclude)
+        if extra:  # the repeat term: the shopper's own items join the candidates, boosted
+            hits = self.with_repeats(items, hits, queries, boosts, exclude, k_max)
         return [row[:k] for row, (_, _, k) in zip(hits, requests, strict=True)]
+
+    @staticmethod
+    def with_repeats(items: ItemCollection, hits: list[list[SearchHit]], queries: Any,
+                     boosts: list[dict[str, float]], exclude: list[list[str]], k: int) -> list[list[SearchHit]]:
+        rows = [[(h.item_id, h.score) for h in row] for row in hits]
+        ranked = with_repeats(rows, queries, boosts, exclude, lambda ids: items.vectors(ids, in_stock_only=True), k)
+        titles = {h.item_id: h.title for row in hits for h in row}
+        missing = [i for row in ranked for i, _ in row if i not in titles]
+        titles.update(items.titles(missing))
+        return [[SearchHit(i, s, titles.get(i, "")) for i, s in row] for row in ranked]
 
     def describe(self) -> dict[str, Any]:
         return {"bundle_version": self.version, "collection": self.items.name}

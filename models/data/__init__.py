@@ -1,6 +1,6 @@
 """Data sets in stylestream's one internal format (see :mod:`models.data.dataset`)."""
 
 from models.data.dataset import DataError, Dataset
-from models.data.split import TemporalSplit
+from models.data.split import LeaveOneOutSplit, TemporalSplit
 
-__all__ = ["Dataset", "DataError", "TemporalSplit"]
+__all__ = ["Dataset", "DataError", "LeaveOneOutSplit", "TemporalSplit"]

@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from models.data.split import TemporalSplit
+from models.data.split import PROTOCOLS, LeaveOneOutSplit, Split, TemporalSplit, split_from_dict
 
 ITEM_COLUMNS = ["item_id", "title", "category", "brand", "colour", "price", "first_seen"]
 INTERACTION_COLUMNS = ["user_id", "item_id", "ts", "kind", "query"]
@@ -32,14 +32,15 @@ class DataError(ValueError):
 
 @dataclass
 class Dataset:
-    """Items and interactions in the internal format, with their temporal split."""
+    """Items and interactions in the internal format, with their split (temporal by default)."""
 
     items: pd.DataFrame
     interactions: pd.DataFrame
     name: str = "dataset"
     source: str = ""
-    split: TemporalSplit | None = None
+    split: Split | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    _parts: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.items = normalise_items(self.items)
@@ -71,7 +72,7 @@ class Dataset:
             interactions = pd.read_parquet(paths[1])
         except Exception as exc:  # noqa: BLE001 - any unreadable file is one readable line
             raise DataError(f"cannot read data set {folder}: {exc}") from None
-        split = TemporalSplit.from_dict(manifest["split"]) if manifest.get("split") else None
+        split = split_from_dict(manifest["split"]) if manifest.get("split") else None
         return cls(items, interactions, name=manifest.get("name", folder.name),
                    source=manifest.get("source", ""), split=split, extra=manifest.get("extra", {}))
 
@@ -89,17 +90,38 @@ class Dataset:
         }
 
     def data_hash(self) -> str:
-        """A content hash of both tables: the data version recorded with trained models."""
+        """A content hash of both tables and the protocol: the data version recorded with
+        trained models, so a model trained under one protocol is never evaluated under the
+        other (a temporal split's hash is the tables' alone)."""
         h = hashlib.sha256()
         for frame in (self.items, self.interactions):
             h.update(pd.util.hash_pandas_object(frame, index=False).values.tobytes())
+        if self.protocol != "temporal":
+            h.update(self.protocol.encode())
         return h.hexdigest()[:16]
+
+    @property
+    def protocol(self) -> str:
+        return self.split.protocol if self.split is not None else "temporal"
+
+    def with_protocol(self, protocol: str) -> Dataset:
+        """The same data under ``protocol`` ("temporal" or "leave-one-out")."""
+        if protocol not in PROTOCOLS:
+            raise DataError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
+        if protocol == self.protocol:
+            return self
+        split = LeaveOneOutSplit() if protocol == "leave-one-out" else None
+        return Dataset(self.items, self.interactions, name=self.name, source=self.source,
+                       split=split, extra=self.extra)
 
     # -- views -------------------------------------------------------------------------
     def parts(self) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-        """(train, validation, test) interactions by the shared temporal split."""
+        """(train, validation, test) interactions by the data set's split."""
         assert self.split is not None, "a data set with interactions always has a split"
-        return self.split.apply(self.interactions)
+        key = (id(self.interactions), self.split)
+        if self._parts is None or self._parts[0] != key:  # leave-one-out costs seconds at 300k rows
+            self._parts = (key, self.split.apply(self.interactions))
+        return self._parts[1]
 
 
 def normalise_items(items: pd.DataFrame) -> pd.DataFrame:

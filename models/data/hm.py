@@ -51,6 +51,7 @@ TRANSACTION_OPTIONAL = ("price", "sales_channel_id")
 # Kaggle placeholders that carry no information in a title.
 NO_VALUE = {"", "unknown", "undefined", "other", "solid", "nan", "none"}
 SAMPLE_FILES = ("articles_sample_a.csv", "articles_sample_b.csv", "transactions_train_sample.csv")
+LEGEND_FILE = "articles_legend.csv.gz"  # the whole catalogue: every purchase gets its text
 
 _ARTICLE_ID = re.compile(r"\d{1,10}(?:\.0*)?")
 _SUFFIX = re.compile(r"\s*\(\d+\)\s*$")  # "Strap top (1)": Kaggle's variant counter
@@ -218,12 +219,15 @@ def import_hm(articles: list[Path], transactions: Path, progress: bool = True,
 
 
 def import_hm_sample(folder: Path) -> ImportResult:
-    """Import the real H&M sample in ``shared/data/hm-sample`` (see its SOURCE.md)."""
+    """Import the real H&M sample in ``shared/data/hm-sample`` (see its SOURCE.md): its
+    purchases with the whole catalogue's text (``articles_legend.csv.gz``) when the folder
+    has it, else with the two partial article samples (40% of purchases with text)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"H&M sample folder {folder} not found")
     a, b, t = (folder / f for f in SAMPLE_FILES)
-    return import_hm([a, b], t, progress=True, name="hm-sample")
+    legend = folder / LEGEND_FILE
+    return import_hm([legend] if legend.is_file() else [a, b], t, progress=True, name="hm-sample")
 
 
 def normalise_article_id(ids: pd.Series) -> tuple[pd.Series, pd.Series]:

@@ -163,13 +163,15 @@ def history_length(prompt: str) -> int:
 def build_examples(dataset_frames: Any, split: str = "train", max_history: int = 20,
                    tokenizer: Any | None = None, max_prompt_tokens: int | None = None,
                    tasks: Iterable[str] = ("title", "category"), min_history: int = 1,
-                   max_per_user: int | None = None) -> list[Example]:
+                   max_per_user: int | None = None, rows: pd.Index | None = None) -> list[Example]:
     """Examples whose targets fall in ``split``; their histories are everything earlier.
 
     ``dataset_frames`` is a :class:`models.data.Dataset` or an ``(items, interactions)``
     pair.  Targets are purchases for ``title``/``category`` and clicks carrying a search
     query for ``query``.  A history may reach back into earlier splits, as a live system's
-    would, but never past its target.  ``max_per_user`` keeps each user's latest targets.
+    would, but never past its target.  ``max_per_user`` keeps each user's latest targets;
+    ``rows`` (interaction index labels) limits the targets to those rows, so a run that reads
+    a few thousand examples does not render and tokenise hundreds of thousands.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
@@ -178,6 +180,9 @@ def build_examples(dataset_frames: Any, split: str = "train", max_history: int =
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; expected some of {', '.join(TASKS)}")
     items, interactions, in_split = _frames(dataset_frames, split)
+    if rows is not None:
+        in_split = in_split.intersection(rows)
+        interactions = interactions[interactions["user_id"].isin(interactions.loc[in_split, "user_id"])]
     catalog = _catalog(items)
     out: list[Example] = []
     for user_id, rows in interactions.groupby("user_id", sort=True):

@@ -15,8 +15,10 @@ import pytest
 import torch
 from harness import tiny_llama
 
+from models.data.dataset import Dataset
+from models.data.split import TemporalSplit
 from models.data.synth import synthesize
-from models.evaluate import EvalConfig, event_slices, run_evaluation
+from models.evaluate import CONTENT, LAST_TITLE_MIXUP, EvalConfig, event_slices, run_evaluation
 from models.metrics import NextItemEvents
 from models.sasrec import SASRecConfig
 from models.train import tune_llm
@@ -38,26 +40,36 @@ def test_evaluate_end_to_end(tmp_path: Path, one_thread: None) -> None:
     base = tiny_llama(tmp_path / "llama", data.items["title"].astype(str).tolist())
     cfg = EvalConfig(base_model=base, title_encoders=("lstm",), lstm_steps=60, lora_steps=2,
                      lora_batch_size=2, lora_eval_every=1, lora_max_length=192, max_history=3, max_val_events=24,
-                     max_test_events=48, max_new_tokens=6, gen_batch_size=24,
+                     max_test_events=None, llm_test_events=48, max_new_tokens=6, gen_batch_size=24,
                      sasrec=SASRecConfig(dim=32, epochs=15, patience=3))
     out = tmp_path / "report"
     result = run_evaluation(data, cfg, out, progress=False)
 
     for name in ("report.md", "metrics.json", "manifest.json", "lambda_sweep.png", "systems.png",
-                 "cold_start.png", "lora_convergence.png"):
+                 "slices.png", "lora_convergence.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     generations = json.loads((out / "generations.json").read_text())
     assert len(generations["test"]) == 48 and {"generated", "bought"} <= set(generations["test"][0])
     metrics = json.loads((out / "metrics.json").read_text())
     expected = {"popularity", "co-occurrence", "sasrec", "id-only", "title-only (lstm)",
-                "mix-up (lstm)"}
-    assert set(metrics["systems"]) == expected
+                "mix-up (lstm)", CONTENT, LAST_TITLE_MIXUP}
+    assert expected <= set(metrics["systems"]) <= expected | {"mix-up without repeat term (lstm)"}
+    assert set(metrics["slices"]) == {"all", "repeat", "explore", "cold-start"}
     for slice_systems in [metrics["systems"], *metrics["slices"].values()]:
         for m in slice_systems.values():
             for key, value in m.items():
                 if key.startswith(("recall@", "ndcg@", "mrr")) and not key.endswith("_ci"):
                     assert 0.0 <= value <= 1.0, (key, value)
-    assert all(m["n_events"] == 48 for m in metrics["systems"].values())  # same events for all
+    n_all = result.dataset["n_test_events"]
+    assert n_all > 48 and result.dataset["n_llm_test_events"] == 48
+    for name, m in metrics["systems"].items():  # the LLM systems on the sample, the others on all
+        assert m["n_events"] == (48 if "(lstm)" in name else n_all), name
+    assert all(m["n_events"] == 48 for m in metrics["slices"]["all"].values())  # paired: same events
+    rivals = {p["rival"] for p in metrics["paired"]}
+    assert {"sasrec", "title-only (lstm)", "id-only", CONTENT, LAST_TITLE_MIXUP} <= rivals
+    for p in metrics["paired"]:
+        assert p["recall@10"]["ci"][0] <= p["recall@10"]["diff"] <= p["recall@10"]["ci"][1]
+        assert 0.0 <= p["ndcg@10"]["p_value"] <= 1.0
     choice = result.choices["lstm"]
     assert choice["lambda"] in cfg.lambdas
     assert choice["one_vector_search_max_abs_diff"] < 1e-4
@@ -81,22 +93,25 @@ def test_evaluate_end_to_end(tmp_path: Path, one_thread: None) -> None:
 
 
 def test_event_slices_on_a_hand_made_frame() -> None:
-    items = pd.DataFrame({
-        "item_id": ["a", "b", "c"],
-        "first_seen": pd.to_datetime(["2025-01-01", "2025-06-01", None], utc=True),
-    })
+    """repeat = the target is in the shopper's history; explore = the rest; cold-start =
+    explore events whose target had no training interaction."""
+    ts = pd.to_datetime(["2025-01-01", "2025-01-02", "2025-06-01", "2025-06-02"], utc=True)
+    items = pd.DataFrame({"item_id": ["a", "b", "c", "d"], "title": list("abcd")})
+    inter = pd.DataFrame({"user_id": ["x", "x", "x", "x"], "item_id": ["a", "b", "c", "d"], "ts": ts,
+                          "kind": "purchase"})
+    data = Dataset(items, inter, split=TemporalSplit(ts[2], ts[3]))  # train: a, b
     events = NextItemEvents(
         user_ids=["u1", "u2", "u3", "u4"],
         histories=[["a", "b"], ["a"], ["c", "a"], ["b"]],
         kinds=[["purchase", "click"], ["click"], ["click", "purchase"], ["purchase"]],
-        targets=np.array([0, 1, 2, 1]),
+        targets=np.array([0, 1, 2, 3]),
         target_kinds=["purchase"] * 4,
     )
-    masks = event_slices(items, events, pd.Timestamp("2025-05-01", tz="UTC"))
-    # b first seen after training ended -> cold; c has no first_seen -> not cold
-    assert masks["cold-start"].tolist() == [False, True, False, True]
-    # u1 bought a before -> repeat; u2 only clicked a; u3 only clicked c; u4 bought b before
-    assert masks["repeat"].tolist() == [True, False, False, True]
+    masks = event_slices(data, events)
+    assert masks["repeat"].tolist() == [True, False, True, False]  # a in u1's history, c in u3's
+    assert masks["explore"].tolist() == [False, True, False, True]
+    # c is new but u3 had it (a repeat, not cold); d is new and not in u4's history
+    assert masks["cold-start"].tolist() == [False, False, False, True]
     assert masks["all"].all()
 
 

@@ -14,6 +14,7 @@ from models.metrics import (
     mrr,
     ndcg_at_k,
     next_item_events,
+    paired_bootstrap,
     recall_at_k,
     summarise,
     target_ranks,
@@ -95,3 +96,21 @@ def test_evaluate_scorer_uses_full_catalog_ranking():
     perfect = evaluate_scorer(lambda h, k: np.array([0.0, 1.0, 0.5]), ev, k=1)
     worst = evaluate_scorer(lambda h, k: np.array([1.0, 0.0, 0.5]), ev, k=1)
     assert perfect.recall == 1.0 and worst.recall == 0.0 and worst.mrr == pytest.approx(1 / 3)
+
+
+def test_paired_bootstrap_of_identical_lists_is_zero():
+    hits = np.array([1.0, 0.0, 0.0, 1.0, 1.0])
+    d = paired_bootstrap(hits, hits.copy())
+    assert d.diff == 0.0 and d.ci == (0.0, 0.0) and d.p_value == 1.0 and d.n_events == 5
+
+
+def test_paired_bootstrap_sees_a_consistent_gain():
+    rng = np.random.default_rng(0)
+    b = (rng.random(2000) < 0.1).astype(float)
+    a = np.maximum(b, (rng.random(2000) < 0.1).astype(float))  # a hits wherever b does, and more
+    d = paired_bootstrap(a, b)
+    assert d.diff > 0 and d.ci[0] > 0 and d.p_value < 0.01
+    flipped = paired_bootstrap(b, a)
+    assert flipped.diff == -d.diff and flipped.ci[1] < 0
+    with pytest.raises(ValueError):
+        paired_bootstrap(a, b[:10])

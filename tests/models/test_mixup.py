@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,6 +19,7 @@ from models.mixup import (
     mixup_query,
     query_outcomes,
     rebuy_exclusions,
+    repeat_boosts,
     unit,
 )
 
@@ -182,3 +185,16 @@ def test_choose_lambda_picks_best_recall_from_scores_or_numbers():
     choice = choose_lambda(lambda lam: good if lam == 0.5 else bad, [0.0, 0.5, 1.0], targets, k=1)
     assert choice.lam == 0.5 and choice.recall == 1.0 and choice.curve[0.0] == 0.0
     assert choose_lambda(lambda lam: 1 - abs(lam - 0.2), [0.0, 0.2, 0.4]).lam == 0.2
+
+
+def test_repeat_boosts_by_recency_rank_of_distinct_items():
+    assert repeat_boosts(["a", "b", "a", "c"], (3.0, 2.0, 1.0)) == {"c": 3.0, "a": 2.0, "b": 1.0}
+    assert repeat_boosts(["a", "b", "c", "d"], (3.0, 1.0)) == {"d": 3.0, "c": 1.0, "b": 1.0, "a": 1.0}
+    assert repeat_boosts(["a", "b"], ()) == {}
+
+
+def test_fusion_with_repeat_round_trips():
+    f = Fusion(0.3, "logit", 2.0, None, repeat=(1.0, 0.5))
+    assert Fusion.from_json(json.loads(json.dumps(f.to_json()))) == f
+    assert f.with_lambda(0.7).repeat == (1.0, 0.5)
+    assert Fusion.from_json({"lam": 0.5}).repeat == ()

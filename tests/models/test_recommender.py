@@ -45,7 +45,7 @@ def test_recommend_is_the_top_of_the_whole_catalog_scores(tiny_bundle):
     texts = [a.generated_text for a in answers]
     vecs = rec.text_vectors(texts)
     q = rec.queries(vecs, rec.user_states(hist))
-    scores = rec.scores(q, rec.exclusions(hist, vecs, rec.stored_vectors))
+    scores = rec.scores(q, rec.exclusions(hist, vecs, rec.stored_vectors), rec.boosts(hist))
     for answer, row in zip(answers, scores, strict=True):
         assert answer.path == LLM_PATH and len(answer.items) == 10
         assert [h.item_id for h in answer.items] == [rec.item_ids[j] for j in np.argsort(-row, kind="stable")[:10]]
@@ -53,9 +53,38 @@ def test_recommend_is_the_top_of_the_whole_catalog_scores(tiny_bundle):
     assert [[h.item_id for h in a.items] for a in again] == [[h.item_id for h in a.items] for a in answers]
 
 
+def test_repeat_term_search_equals_the_whole_catalog_ranking(tiny_bundle):
+    """The repeat term over the search's candidates plus the history items (what serving
+    runs after Milvus) gives the whole catalog's top k with the boosts added."""
+    bundle = Bundle.load(tiny_bundle.folder)
+    fusion = Fusion(0.5, "logit", 1.0, None, repeat=(5.0, 2.0, 0.5))
+    rec = MixupRecommender(bundle, fusion=fusion)
+    hist = histories(bundle)
+    texts = ["blue summer dress"] * len(hist)
+    vecs = rec.text_vectors(texts)
+    q = rec.queries(vecs, rec.user_states(hist))
+    exclude = rec.exclusions(hist, vecs, rec.stored_vectors)
+    scores = rec.scores(q, exclude, rec.boosts(hist))
+    answers = rec.recommend(hist, k=10, texts=texts)
+    for answer, row, h in zip(answers, scores, hist, strict=True):
+        assert [x.item_id for x in answer.items] == [rec.item_ids[j] for j in np.argsort(-row, kind="stable")[:10]]
+        assert h.item_ids[-1] in [x.item_id for x in answer.items[:3]]  # the newest item, boosted by 5
+
+
+def test_repeat_term_at_weight_zero_changes_nothing(tiny_bundle):
+    bundle = Bundle.load(tiny_bundle.folder)
+    plain = Fusion(0.5, "logit", 1.0, None)
+    hist = histories(bundle)
+    texts = ["black leather boots"] * len(hist)
+    off = MixupRecommender(bundle, fusion=plain).recommend(hist, k=10, texts=texts)
+    zero = MixupRecommender(bundle, fusion=plain.with_repeat((0.0, 0.0))).recommend(hist, k=10, texts=texts)
+    assert [[(x.item_id, x.score) for x in a.items] for a in zero] == \
+        [[(x.item_id, x.score) for x in a.items] for a in off]
+
+
 def test_id_only_is_the_same_search_at_lambda_zero(tiny_bundle):
     bundle = Bundle.load(tiny_bundle.folder)
-    rec = MixupRecommender(bundle, fusion=bundle.fusion().with_lambda(0.0))
+    rec = MixupRecommender(bundle, fusion=bundle.fusion().with_lambda(0.0).with_repeat(()))
     hist = histories(bundle)
     fast = rec.recommend_id_only(hist, k=5)
     slow = rec.recommend(hist, k=5, texts=["anything at all"] * len(hist))
