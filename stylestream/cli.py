@@ -358,6 +358,14 @@ LoraPatience = Annotated[int, typer.Option(
 LoraRun = Annotated[Path | None, typer.Option(
     help="a finished LoRA run (adapter/ + manifest.json, e.g. trained on a GPU box) to use instead")]
 MaxValEvents = Annotated[int, typer.Option(min=1, help="validation purchases that choose the fusion (λ, ...)")]
+Protocol = Annotated[str, typer.Option(
+    help="evaluation protocol: temporal (one cut in time: what a live system faces) or leave-one-out "
+         "(each shopper's last purchase is test, the one before validation: how published Amazon "
+         "results are reported)")]
+SasrecRun = Annotated[Path | None, typer.Option(
+    help="a SASRec folder trained elsewhere on this data set (bench_convergence.py --sasrec) to use instead")]
+AnswersFile = Annotated[Path | None, typer.Option(
+    help="LLM answers generated elsewhere by the same LoRA run (bench_convergence.py --answers)")]
 Encoders = Annotated[str, typer.Option(help="title encoders to train, comma-separated: minilm,lstm "
                                             "(the best on validation is served)")]
 Engine = Annotated[str, typer.Option(help="generation engine: onnx (ONNX Runtime) or torch")]
@@ -395,6 +403,9 @@ def train_cmd(
     lora_eval_every: LoraEvalEvery = 0,
     lora_patience: LoraPatience = 0,
     lora_run: LoraRun = None,
+    sasrec_run: SasrecRun = None,
+    answers: AnswersFile = None,
+    protocol: Protocol = "temporal",
     max_val_events: MaxValEvents = 64,
     encoders: Encoders = "minilm,lstm",
     engine: Engine = "onnx",
@@ -406,8 +417,9 @@ def train_cmd(
     s = settings()
     config = _train_config(TrainConfig, s, base_model, encoders, lora_steps=lora_steps,
                            lora_eval_every=lora_eval_every, lora_patience=lora_patience, lora_run=lora_run,
-                           max_val_events=max_val_events, engine=engine, seed=seed)
-    data = _dataset_for(s, dataset)
+                           sasrec_run=sasrec_run, answers=answers, max_val_events=max_val_events,
+                           engine=engine, seed=seed)
+    data = _dataset_for(s, dataset).with_protocol(protocol)
     try:
         bundle = train_bundle(data, config, out)
     except ValueError as exc:
@@ -428,7 +440,13 @@ def eval_cmd(
     lora_eval_every: LoraEvalEvery = 0,
     lora_patience: LoraPatience = 0,
     lora_run: LoraRun = None,
-    max_test_events: Annotated[int, typer.Option(min=1, help="test purchases scored (seeded sample)")] = 256,
+    sasrec_run: SasrecRun = None,
+    answers: AnswersFile = None,
+    protocol: Protocol = "temporal",
+    max_test_events: Annotated[int, typer.Option(
+        min=0, help="test purchases scored by the systems that need no LLM (0: every one)")] = 0,
+    llm_test_events: Annotated[int, typer.Option(
+        min=0, help="seeded sample of those that the LLM systems score too (0: every one)")] = 2000,
     max_val_events: MaxValEvents = 64,
     encoders: Encoders = "minilm,lstm",
     engine: Engine = "onnx",
@@ -436,26 +454,29 @@ def eval_cmd(
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="report folder (default: $STYLESTREAM_HOME/reports/<dataset>-<timestamp>)")] = None,
 ) -> None:
-    """Offline evaluation: popularity, co-occurrence, SASRec, ID-only, title-only and mix-up, same events."""
+    """Offline evaluation: popularity, co-occurrence, SASRec, ID-only, content, last-title mix-up, title-only
+    and mix-up on the same events, with paired bootstrap differences and repeat/explore/cold-start slices."""
     from models.evaluate import EvalConfig, run_evaluation
 
     s = settings()
     config = _train_config(EvalConfig, s, base_model, encoders, lora_steps=lora_steps,
                            lora_eval_every=lora_eval_every, lora_patience=lora_patience, lora_run=lora_run,
-                           max_test_events=max_test_events, max_val_events=max_val_events, engine=engine,
+                           sasrec_run=sasrec_run, answers=answers, max_test_events=max_test_events or None,
+                           llm_test_events=llm_test_events or None, max_val_events=max_val_events, engine=engine,
                            seed=seed, bundle=bundle)
-    data = _dataset_for(s, dataset)
+    data = _dataset_for(s, dataset).with_protocol(protocol)
     folder = out or s.home / "reports" / f"{data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     result = run_evaluation(data, config, folder)
-    table = Table(title=f"{data.name}: {result.dataset['n_test_events']} test purchases, whole catalog")
+    table = Table(title=f"{data.name} ({data.protocol}): {result.dataset['n_llm_test_events']} test purchases "
+                        "scored by every system, whole catalog")
     for col in ("system", "Recall@10", "95% CI", "NDCG@10", "MRR"):
         table.add_column(col)
-    for name, m in result.systems.items():
+    for name, m in result.slices["all"].items():
         lo, hi = m["recall@10_ci"]
         table.add_row(name, f"{m['recall@10']:.4f}", f"[{lo:.3f}, {hi:.3f}]", f"{m['ndcg@10']:.4f}", f"{m['mrr']:.4f}")
     console.print(table)
     claim = result.claim
-    console.print(f"paper claim ({claim['statement']}): " + "; ".join(
+    console.print(f"target ({claim['statement']}): " + "; ".join(
         f"{enc}: {'holds' if v['holds'] else 'does not hold'}" for enc, v in claim["per_encoder"].items()))
     console.print(f"[green]report[/green] {folder} (bundle {result.bundle['version']})")
 

@@ -126,8 +126,16 @@ def test_eval_cli_help(tmp_path: Path) -> None:
     done = _cli("eval", "--help", tmp_path=tmp_path)
     assert done.returncode == 0, done.stderr
     for option in ("--dataset", "--base-model", "--lora-steps", "--lora-patience", "--lora-run",
-                   "--max-test-events", "--encoders", "--engine", "--out"):
+                   "--max-test-events", "--llm-test-events", "--protocol", "--answers", "--sasrec-run",
+                   "--encoders", "--engine", "--out"):
         assert option in done.stdout
+
+
+def test_eval_cli_rejects_an_unknown_protocol(tmp_path: Path) -> None:
+    data = synthesize(users=20, items=30, seed=0).save(tmp_path / "data")
+    done = _cli("eval", "--dataset", str(data), "--protocol", "random", tmp_path=tmp_path)
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert done.returncode == 2 and len(lines) == 1 and "protocol" in lines[0], done.stderr
 
 
 def test_eval_cli_rejects_a_folder_that_is_no_lora_run(tmp_path: Path) -> None:
