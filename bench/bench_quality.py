@@ -1,13 +1,21 @@
 """Quality benchmark: the full offline evaluation with the real SmolLM2, per data set.
 
-For each data set (``synth``: ``synthesize(users=600, items=1000, seed=0)``; ``hm-sample``:
-the real H&M sample in ``../shared/data/hm-sample``) it runs :func:`models.evaluate.evaluate`
-(SASRec, both title encoders, LoRA-tuned SmolLM2-135M-Instruct generating next-item titles,
-mix-up with λ chosen on validation) and writes ``bench/results/quality_<name>.json`` plus the
-report folder ``bench/results/reports/<name>/`` (report.md, metrics.json, manifest.json,
-PNG charts). Large artefacts (LoRA run, merged model, ONNX export) go under
-``--home``/eval-work/<name>, not into bench/results. Defaults keep each data set within
-~20 minutes on 2 CPU cores; nothing is downloaded.
+Data sets: ``synth`` (``synthesize(users=600, items=1000, seed=0)``); ``hm-sample`` (the real
+H&M sample in ``../shared/data/hm-sample``, every purchase with the whole catalogue's text);
+``amazon-clothing`` and ``amazon-clothing-loo`` (Amazon Clothing, Shoes and Jewelry 2014,
+5-core with titles, in ``../shared/data/amazon-clothing-2014``: the temporal split and
+leave-one-out). For each it runs :func:`models.evaluate.evaluate` (SASRec, both title
+encoders, LoRA-tuned SmolLM2-135M-Instruct generating next-item titles, mix-up with its
+fusion and repeat term chosen on validation, the content and last-title baselines, paired
+bootstrap differences) and writes ``bench/results/quality_<name>.json`` plus the report
+folder ``bench/results/reports/<name>/`` (report.md, metrics.json, manifest.json, PNG charts).
+
+The systems that need no LLM score every test purchase; the LLM systems a seeded sample of
+``--llm-test-events`` (2,000 by default). With ``--lora-runs DIR`` the parts trained on a
+GPU box by ``bench_convergence.py --sasrec --answers --pack`` are used: the LoRA adapter,
+SASRec and the answers for the validation and test events (then every test event is
+scored with the LLM). Large artefacts (merged model, ONNX export) go under
+``--home``/eval-work/<name>, not into bench/results; nothing is downloaded.
 
     python bench/bench_quality.py --help
 """

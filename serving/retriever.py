@@ -69,18 +69,19 @@ class Retriever:
         extra = max((len(b) for b in boosts), default=0)
         hits = items.search(queries, k_max + extra, exclude)
         if extra:  # the repeat term: the shopper's own items join the candidates, boosted
-            hits = self.with_repeats(items, hits, queries, boosts, exclude, k_max)
+            hits = repeat_hits(items, hits, queries, boosts, exclude, k_max)
         return [row[:k] for row, (_, _, k) in zip(hits, requests, strict=True)]
-
-    @staticmethod
-    def with_repeats(items: ItemCollection, hits: list[list[SearchHit]], queries: Any,
-                     boosts: list[dict[str, float]], exclude: list[list[str]], k: int) -> list[list[SearchHit]]:
-        rows = [[(h.item_id, h.score) for h in row] for row in hits]
-        ranked = with_repeats(rows, queries, boosts, exclude, lambda ids: items.vectors(ids, in_stock_only=True), k)
-        titles = {h.item_id: h.title for row in hits for h in row}
-        missing = [i for row in ranked for i, _ in row if i not in titles]
-        titles.update(items.titles(missing))
-        return [[SearchHit(i, s, titles.get(i, "")) for i, s in row] for row in ranked]
 
     def describe(self) -> dict[str, Any]:
         return {"bundle_version": self.version, "collection": self.items.name}
+
+
+def repeat_hits(items: ItemCollection, hits: list[list[SearchHit]], queries: Any, boosts: list[dict[str, float]],
+                exclude: list[list[str]], k: int) -> list[list[SearchHit]]:
+    """The repeat term after the Milvus search: :func:`models.recommender.with_repeats` over
+    the hits plus the shoppers' in-stock history items, fetched from the collection."""
+    rows = [[(h.item_id, h.score) for h in row] for row in hits]
+    ranked = with_repeats(rows, queries, boosts, exclude, lambda ids: items.vectors(ids, in_stock_only=True), k)
+    titles = {h.item_id: h.title for row in hits for h in row}
+    titles.update(items.titles([i for row in ranked for i, _ in row if i not in titles]))
+    return [[SearchHit(i, s, titles.get(i, "")) for i, s in row] for row in ranked]

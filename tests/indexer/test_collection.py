@@ -15,7 +15,9 @@ import pytest
 from indexer.build import build_index
 from indexer.collection import ItemCollection, alias_target, collection_name, connect
 from models.bundle import MANIFEST, Bundle, bundle_version
+from models.mixup import Fusion
 from models.recommender import History, MixupRecommender
+from serving.retriever import repeat_hits
 from stylestream.devstack.milvus import EmbeddedMilvus, running_endpoint
 
 pytestmark = pytest.mark.slow
@@ -62,6 +64,17 @@ def test_milvus_search_equals_the_in_process_index(milvus, tiny_bundle):
     np.testing.assert_allclose(stored[hist[0].bought()[0]], rec.stored_vectors(hist[0].bought())[hist[0].bought()[0]],
                                atol=1e-6)
     assert "no-such-item" not in stored
+    # the repeat term after the Milvus search (serving) = the in-process search with it
+    repeat = MixupRecommender(bundle, engine="onnx", device="cpu",
+                              fusion=Fusion(0.5, "logit", 1.0, None, repeat=(3.0, 1.0, 0.2)))
+    q = repeat.queries(repeat.text_vectors(["red dress"] * len(hist)), repeat.user_states(hist))
+    boosts = repeat.boosts(hist)
+    no_exclusions = [[] for _ in hist]
+    extra = max(len(b) for b in boosts)
+    served = repeat_hits(items, items.search(q, k=10 + extra, exclude=no_exclusions), q, boosts, no_exclusions, 10)
+    for a, b in zip(served, repeat.search(q, no_exclusions, 10, boosts), strict=True):
+        assert [h.item_id for h in a] == [h.item_id for h in b] and all(h.title for h in a)
+        np.testing.assert_allclose([h.score for h in a], [h.score for h in b], atol=1e-4)
     again = build_index(client, bundle, ALIAS, progress=False)
     assert again.reused and again.collection == report.collection
     client.close()
