@@ -351,9 +351,7 @@ def mixup_ranks(rec: MixupRecommender, text_vecs: np.ndarray | None, states: np.
     for lo in range(0, len(histories), SCORE_CHUNK):
         hi = lo + SCORE_CHUNK
         t = None if text_vecs is None else text_vecs[lo:hi]
-        q = rec.queries(t, states[lo:hi], fusion)
-        exclude = rec.exclusions(histories[lo:hi], t, rec.stored_vectors, fusion)
-        out[lo:hi] = target_ranks(rec.scores(q, exclude, rec.boosts(histories[lo:hi], fusion)), targets[lo:hi])
+        out[lo:hi] = target_ranks(rec.answer_scores(histories[lo:hi], t, states[lo:hi], fusion), targets[lo:hi])
     return out
 
 
@@ -621,7 +619,12 @@ def _repeat(choice: dict[str, Any]) -> str:
         return "not fitted"
     weights = ", ".join(f"{w:.3g}" for w in rep["weights"])
     state = "on" if rep["kept"] else "off (did not help)"
-    return f"{state}: [{weights}] (val R@10 {rep['val_recall@10']:.4f} vs {rep['val_recall@10_without']:.4f})"
+    split = ""
+    if choice["fusion"].get("repeat_slots"):
+        split = (f"; split: {choice['fusion']['repeat_slots']} places for own items, the rest explore at "
+                 f"λ = {choice['fusion']['explore_lam']:g}")
+    return (f"{state}: [{weights}] (val R@10 {rep['val_recall@10']:.4f} vs {rep['val_recall@10_without']:.4f})"
+            f"{split}")
 
 
 def _rebuy(threshold: float | None) -> str:

@@ -60,6 +60,12 @@ class Fusion:
     by recency rank (``repeat[0]`` to the newest distinct item; ranks past the end get the
     last weight); empty: off. Shoppers buy again, and the search alone cannot know which
     items a shopper has.
+
+    ``repeat_slots`` (with the repeat term): a repeat/explore split of the answer, a fixed
+    gate in the spirit of RepeatNet. The first ``repeat_slots`` places go to the shopper's own
+    items ranked by the score above; the rest to the ranking of a second query at
+    ``explore_lam``, which can lean on the text (new items have no trained ID vector). 0: one
+    ranking.
     """
 
     lam: float
@@ -67,6 +73,8 @@ class Fusion:
     sigma: float = 1.0
     rebuy_threshold: float | None = None
     repeat: tuple[float, ...] = ()
+    repeat_slots: int = 0
+    explore_lam: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.lam <= 1.0:
@@ -79,16 +87,54 @@ class Fusion:
     def with_lambda(self, lam: float) -> Fusion:
         return replace(self, lam=float(lam))
 
-    def with_repeat(self, repeat: Sequence[float]) -> Fusion:
-        return replace(self, repeat=tuple(float(w) for w in repeat))
+    def with_repeat(self, repeat: Sequence[float], slots: int | None = None, explore_lam: float | None = None
+                    ) -> Fusion:
+        """The repeat term (and split) changed; an empty term turns the split off too."""
+        weights = tuple(float(w) for w in repeat)
+        slots = (self.repeat_slots if slots is None else int(slots)) if weights else 0
+        return replace(self, repeat=weights, repeat_slots=slots,
+                       explore_lam=self.explore_lam if explore_lam is None else float(explore_lam))
+
+    def explore(self) -> Fusion:
+        """The explore query's fusion: λ = ``explore_lam``, no repeat term."""
+        return Fusion(self.explore_lam, self.id_half, self.sigma, self.rebuy_threshold)
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "repeat": list(self.repeat)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Fusion:
-        kept = {k: data[k] for k in ("lam", "id_half", "sigma", "rebuy_threshold") if k in data}
+        kept = {k: data[k] for k in ("lam", "id_half", "sigma", "rebuy_threshold", "repeat_slots", "explore_lam")
+                if k in data}
         return cls(**kept, repeat=tuple(data.get("repeat") or ()))
+
+
+Ranking = Sequence[Sequence[tuple[str, float]]]  # per shopper: (item, score), best first
+
+
+def split_answer(repeat_rows: Ranking, explore_rows: Ranking, own: Sequence[set[str]], slots: int,
+                 k: int) -> list[list[tuple[str, float]]]:
+    """The repeat/explore split: per shopper, the first ``slots`` of their own items in
+    ``repeat_rows`` order, then ``explore_rows`` (without those items) up to ``k``."""
+    out = []
+    for rep, exp, mine in zip(repeat_rows, explore_rows, own, strict=True):
+        first = [(i, s) for i, s in rep if i in mine][:slots]
+        taken = {i for i, _ in first}
+        out.append((first + [(i, s) for i, s in exp if i not in taken])[:k])
+    return out
+
+
+def split_scores(repeat_scores: np.ndarray, explore_scores: np.ndarray, own_rows: Sequence[np.ndarray],
+                 slots: int) -> np.ndarray:
+    """Whole-catalog scores whose order is :func:`split_answer`'s: each shopper's best
+    ``slots`` own items (by ``repeat_scores``) above everything, the rest by ``explore_scores``."""
+    out = np.array(explore_scores, dtype=np.float64, copy=True)
+    for r, rows in enumerate(own_rows):
+        rows = np.asarray(rows, dtype=np.int64)
+        rows = rows[np.isfinite(repeat_scores[r, rows])]
+        best = rows[np.argsort(-repeat_scores[r, rows], kind="stable")[:slots]]
+        out[r, best] = 1e9 + repeat_scores[r, best]
+    return out
 
 
 def repeat_boosts(history_items: Sequence[str], weights: Sequence[float]) -> dict[str, float]:

@@ -26,7 +26,16 @@ from typing import Any
 import numpy as np
 
 from models.bundle import Bundle
-from models.mixup import Fusion, Hit, MixupIndex, mixup_query, rebuy_exclusions, repeat_boosts
+from models.mixup import (
+    Fusion,
+    Hit,
+    MixupIndex,
+    mixup_query,
+    rebuy_exclusions,
+    repeat_boosts,
+    split_answer,
+    split_scores,
+)
 
 LLM_PATH = "llm"
 ID_ONLY_PATH = "id-only"
@@ -216,15 +225,39 @@ class MixupRecommender:
                     s[r, c] += w
         return s
 
+    def answer_scores(self, histories: Sequence[History], text_vecs: np.ndarray | None, states: np.ndarray,
+                      fusion: Fusion | None = None) -> np.ndarray:
+        """Whole-catalog scores whose order is the answer's order: what evaluation ranks.
+        The mix-up query's scores with the repeat term, or with the repeat/explore split the
+        shopper's best own items above the explore query's ranking."""
+        f = fusion or self.fusion
+        exclude = self.exclusions(histories, text_vecs, self.stored_vectors, f)
+        s = self.scores(self.queries(text_vecs, states, f), exclude, self.boosts(histories, f))
+        if not f.repeat_slots:
+            return s
+        explore = self.scores(self.queries(text_vecs, states, f.explore()), exclude)
+        own = [np.array([self.index.index[i] for i in dict.fromkeys(h.item_ids) if i in self.index.index],
+                        dtype=np.int64) for h in histories]
+        return split_scores(s, explore, own, f.repeat_slots)
+
     # -- the whole path -------------------------------------------------------------------
     def recommend(self, histories: Sequence[History], k: int = 10,
                   texts: Sequence[str] | None = None) -> list[Ranked]:
-        """LLM text (generated here unless given) + ID state → one search per shopper."""
+        """LLM text (generated here unless given) + ID state → one search per shopper (two
+        with the repeat/explore split)."""
         texts = list(texts) if texts is not None else self.generate(histories)
         text_vecs = self.text_vectors(texts)
-        q = self.queries(text_vecs, self.user_states(histories))
+        states = self.user_states(histories)
+        q = self.queries(text_vecs, states)
         exclude = self.exclusions(histories, text_vecs, self.stored_vectors)
         found = self.search(q, exclude, k, self.boosts(histories))
+        if self.fusion.repeat_slots:
+            explore = self.search(self.queries(text_vecs, states, self.fusion.explore()), exclude,
+                                  k + self.fusion.repeat_slots)
+            rows = split_answer([[(h.item_id, h.score) for h in row] for row in found],
+                                [[(h.item_id, h.score) for h in row] for row in explore],
+                                [set(h.item_ids) for h in histories], self.fusion.repeat_slots, k)
+            found = [[Hit(i, sc) for i, sc in row] for row in rows]
         return [Ranked(hits, text, LLM_PATH) for hits, text in zip(found, texts, strict=True)]
 
     def recommend_id_only(self, histories: Sequence[History], k: int = 10) -> list[Ranked]:

@@ -54,6 +54,7 @@ from models.mixup import (
     IdImputer,
     mixup_item_vectors,
     repeat_boosts,
+    split_scores,
     unit,
 )
 from models.recommender import History, embed_texts, history_prompts, user_states
@@ -288,7 +289,7 @@ def fit_encoder(dataset: Dataset, name: str, sasrec: SASRec, val: Validation, cf
     halves = ValidationHalves.of(titles, embed_texts(encoder, val.texts), val, sasrec, dataset.items)
     choice = choose_fusion(halves, val.events.targets, cfg)
     if cfg.repeat_term:
-        choice = choose_repeat(halves, val.events.targets, choice)
+        choice = choose_repeat(halves, val.events.targets, choice, cfg.lambdas)
     log.info("%s: %s, imputation %s; validation R@10 %.4f", name, choice["fusion"],
              "on" if choice["impute"] else "off", choice["val_recall@10"])
     id_emb = halves.id_emb[(choice["impute"], choice["fusion"]["id_half"])]
@@ -579,7 +580,8 @@ REPEAT_RANKS = 5  # repeat weights for the 4 newest distinct history items, one 
 REPEAT_FACTORS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # × the spread of the blended scores
 
 
-def choose_repeat(h: ValidationHalves, targets: np.ndarray, choice: dict[str, Any]) -> dict[str, Any]:
+def choose_repeat(h: ValidationHalves, targets: np.ndarray, choice: dict[str, Any],
+                  lambdas: Sequence[float] = DEFAULT_LAMBDAS) -> dict[str, Any]:
     """The repeat term on top of the chosen fusion, fitted on validation by coordinate
     ascent over a weight per recency rank; kept only when it beats the fusion without it.
 
@@ -609,10 +611,36 @@ def choose_repeat(h: ValidationHalves, targets: np.ndarray, choice: dict[str, An
     out = {**choice, "repeat": {"weights": weights, "spread": spread, "val_recall@10": best[1],
                                 "val_recall@10_without": choice["val_recall@10"],
                                 "kept": bool(best[0] > choice["objective"] and any(weights))}}
-    if out["repeat"]["kept"]:
-        out.update({"fusion": plain.with_repeat(weights).to_json(), "fusion_without_repeat": choice["fusion"],
-                    "objective": best[0], "val_recall@10": best[1], "val_mrr": best[2]})
+    if not out["repeat"]["kept"]:
+        return out
+    fusion = plain.with_repeat(weights)
+    split = choose_split(h, targets, fusion, impute, lambdas)
+    out["repeat"]["split"] = split
+    if split["objective"] > best[0]:
+        fusion = fusion.with_repeat(weights, split["slots"], split["explore_lam"])
+        best = (split["objective"], split["val_recall@10"], split["val_mrr"])
+    out.update({"fusion": fusion.to_json(), "fusion_without_repeat": choice["fusion"],
+                "objective": best[0], "val_recall@10": best[1], "val_mrr": best[2]})
     return out
+
+
+SPLIT_SLOTS = (1, 2, 3, 4, 5, 6, 8)  # places of the answer kept for the shopper's own items
+
+
+def choose_split(h: ValidationHalves, targets: np.ndarray, fusion: Fusion, impute: bool,
+                 lambdas: Sequence[float]) -> dict[str, Any]:
+    """The best repeat/explore split on validation: places for own items × the explore λ."""
+    repeat_s = h.scores(fusion, impute)
+    best: dict[str, Any] = {"objective": -1.0}
+    for lam in lambdas:
+        explore = h.scores(Fusion(float(lam), fusion.id_half, fusion.sigma, None), impute)
+        for slots in SPLIT_SLOTS:
+            ranks = target_ranks(split_scores(repeat_s, explore, h.recent, slots), targets)
+            recall, m = recall_at_k(ranks, CHOICE_K), mrr(ranks)
+            if recall + TIE_BREAK * m > best["objective"]:
+                best = {"objective": recall + TIE_BREAK * m, "val_recall@10": recall, "val_mrr": m,
+                        "slots": slots, "explore_lam": float(lam)}
+    return best
 
 
 def _best(candidates: Sequence[tuple[Any, ...]], keep: Any) -> float | None:

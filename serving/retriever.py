@@ -19,6 +19,7 @@ from ray import serve
 
 from indexer.collection import ItemCollection, SearchHit, connect, resolve_collection
 from models.bundle import Bundle
+from models.mixup import split_answer
 from models.recommender import History, MixupRecommender, with_repeats
 
 
@@ -61,7 +62,8 @@ class Retriever:
         """(history, generated text, k) per shopper -> ranked in-stock items, best first."""
         histories = [h for h, _, _ in requests]
         text_vecs = self.rec.text_vectors([t for _, t, _ in requests])
-        queries = self.rec.queries(text_vecs, self.rec.user_states(histories))
+        states = self.rec.user_states(histories)
+        queries = self.rec.queries(text_vecs, states)
         items = self.collection()
         exclude = self.rec.exclusions(histories, text_vecs, items.vectors)
         k_max = max(k for _, _, k in requests)
@@ -70,6 +72,11 @@ class Retriever:
         hits = items.search(queries, k_max + extra, exclude)
         if extra:  # the repeat term: the shopper's own items join the candidates, boosted
             hits = repeat_hits(items, hits, queries, boosts, exclude, k_max)
+        fusion = self.rec.fusion
+        if fusion.repeat_slots:  # the repeat/explore split: a second search leaning on the text
+            explore = items.search(self.rec.queries(text_vecs, states, fusion.explore()),
+                                   k_max + fusion.repeat_slots, exclude)
+            hits = split_hits(hits, explore, histories, fusion.repeat_slots, k_max)
         return [row[:k] for row, (_, _, k) in zip(hits, requests, strict=True)]
 
     def describe(self) -> dict[str, Any]:
@@ -84,4 +91,14 @@ def repeat_hits(items: ItemCollection, hits: list[list[SearchHit]], queries: Any
     ranked = with_repeats(rows, queries, boosts, exclude, lambda ids: items.vectors(ids, in_stock_only=True), k)
     titles = {h.item_id: h.title for row in hits for h in row}
     titles.update(items.titles([i for row in ranked for i, _ in row if i not in titles]))
+    return [[SearchHit(i, s, titles.get(i, "")) for i, s in row] for row in ranked]
+
+
+def split_hits(repeat: list[list[SearchHit]], explore: list[list[SearchHit]], histories: list[History],
+               slots: int, k: int) -> list[list[SearchHit]]:
+    """:func:`models.mixup.split_answer` over Milvus hits (titles kept)."""
+    titles = {h.item_id: h.title for rows in (repeat, explore) for row in rows for h in row}
+    ranked = split_answer([[(h.item_id, h.score) for h in row] for row in repeat],
+                          [[(h.item_id, h.score) for h in row] for row in explore],
+                          [set(h.item_ids) for h in histories], slots, k)
     return [[SearchHit(i, s, titles.get(i, "")) for i, s in row] for row in ranked]

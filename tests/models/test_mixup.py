@@ -20,6 +20,8 @@ from models.mixup import (
     query_outcomes,
     rebuy_exclusions,
     repeat_boosts,
+    split_answer,
+    split_scores,
     unit,
 )
 
@@ -198,3 +200,17 @@ def test_fusion_with_repeat_round_trips():
     assert Fusion.from_json(json.loads(json.dumps(f.to_json()))) == f
     assert f.with_lambda(0.7).repeat == (1.0, 0.5)
     assert Fusion.from_json({"lam": 0.5}).repeat == ()
+
+
+def test_repeat_explore_split_answer_and_scores_agree():
+    repeat = np.array([[5.0, 4.0, 3.0, 1.0, 0.0]])  # items a..e; the shopper owns a, c, e
+    explore = np.array([[0.1, 0.9, 0.8, 0.7, 0.6]])
+    ids = ["a", "b", "c", "d", "e"]
+    scores = split_scores(repeat, explore, [np.array([0, 2, 4])], slots=2)
+    order = [ids[j] for j in np.argsort(-scores[0], kind="stable")]
+    assert order[:2] == ["a", "c"] and order[2:] == ["b", "d", "e"]  # own items first, then explore
+    rows = split_answer([[(i, float(x)) for i, x in zip(ids, repeat[0], strict=True)]],
+                        [sorted(zip(ids, explore[0].tolist(), strict=True), key=lambda p: -p[1])],
+                        [{"a", "c", "e"}], slots=2, k=4)
+    assert [i for i, _ in rows[0]] == order[:4]
+    assert Fusion(0.3, repeat=(1.0,), repeat_slots=2).with_repeat(()).repeat_slots == 0

@@ -43,9 +43,7 @@ def test_recommend_is_the_top_of_the_whole_catalog_scores(tiny_bundle):
     hist = histories(rec.bundle)
     answers = rec.recommend(hist, k=10)
     texts = [a.generated_text for a in answers]
-    vecs = rec.text_vectors(texts)
-    q = rec.queries(vecs, rec.user_states(hist))
-    scores = rec.scores(q, rec.exclusions(hist, vecs, rec.stored_vectors), rec.boosts(hist))
+    scores = rec.answer_scores(hist, rec.text_vectors(texts), rec.user_states(hist))
     for answer, row in zip(answers, scores, strict=True):
         assert answer.path == LLM_PATH and len(answer.items) == 10
         assert [h.item_id for h in answer.items] == [rec.item_ids[j] for j in np.argsort(-row, kind="stable")[:10]]
@@ -53,22 +51,23 @@ def test_recommend_is_the_top_of_the_whole_catalog_scores(tiny_bundle):
     assert [[h.item_id for h in a.items] for a in again] == [[h.item_id for h in a.items] for a in answers]
 
 
-def test_repeat_term_search_equals_the_whole_catalog_ranking(tiny_bundle):
+@pytest.mark.parametrize("slots", [0, 2])
+def test_repeat_term_search_equals_the_whole_catalog_ranking(tiny_bundle, slots):
     """The repeat term over the search's candidates plus the history items (what serving
-    runs after Milvus) gives the whole catalog's top k with the boosts added."""
+    runs after Milvus), and the repeat/explore split, give the order of the whole-catalog
+    scores that evaluation ranks."""
     bundle = Bundle.load(tiny_bundle.folder)
-    fusion = Fusion(0.5, "logit", 1.0, None, repeat=(5.0, 2.0, 0.5))
+    fusion = Fusion(0.5, "logit", 1.0, None, repeat=(5.0, 2.0, 0.5), repeat_slots=slots, explore_lam=0.9)
     rec = MixupRecommender(bundle, fusion=fusion)
     hist = histories(bundle)
     texts = ["blue summer dress"] * len(hist)
-    vecs = rec.text_vectors(texts)
-    q = rec.queries(vecs, rec.user_states(hist))
-    exclude = rec.exclusions(hist, vecs, rec.stored_vectors)
-    scores = rec.scores(q, exclude, rec.boosts(hist))
+    scores = rec.answer_scores(hist, rec.text_vectors(texts), rec.user_states(hist))
     answers = rec.recommend(hist, k=10, texts=texts)
     for answer, row, h in zip(answers, scores, hist, strict=True):
         assert [x.item_id for x in answer.items] == [rec.item_ids[j] for j in np.argsort(-row, kind="stable")[:10]]
-        assert h.item_ids[-1] in [x.item_id for x in answer.items[:3]]  # the newest item, boosted by 5
+        assert h.item_ids[-1] == answer.items[0].item_id  # the newest item, boosted by 5
+        if slots:
+            assert sum(x.item_id in h.item_ids for x in answer.items) >= slots
 
 
 def test_repeat_term_at_weight_zero_changes_nothing(tiny_bundle):
