@@ -17,7 +17,7 @@ from indexer.collection import ItemCollection, alias_target, collection_name, co
 from models.bundle import MANIFEST, Bundle, bundle_version
 from models.mixup import Fusion
 from models.recommender import History, MixupRecommender
-from serving.retriever import repeat_hits
+from serving.retriever import repeat_hits, split_hits
 from stylestream.devstack.milvus import EmbeddedMilvus, running_endpoint
 
 pytestmark = pytest.mark.slow
@@ -75,6 +75,15 @@ def test_milvus_search_equals_the_in_process_index(milvus, tiny_bundle):
     for a, b in zip(served, repeat.search(q, no_exclusions, 10, boosts), strict=True):
         assert [h.item_id for h in a] == [h.item_id for h in b] and all(h.title for h in a)
         np.testing.assert_allclose([h.score for h in a], [h.score for h in b], atol=1e-4)
+    # and the repeat/explore split: a second Milvus search at the explore λ, merged
+    split = MixupRecommender(bundle, engine="onnx", device="cpu",
+                             fusion=repeat.fusion.with_repeat(repeat.fusion.repeat, 2, 0.9))
+    texts = ["red dress"] * len(hist)
+    explore_q = split.queries(split.text_vectors(texts), split.user_states(hist), split.fusion.explore())
+    merged = split_hits(served, items.search(explore_q, k=12, exclude=no_exclusions), hist, 2, 10)
+    local = split.recommend(hist, k=10, texts=texts)
+    for a, b in zip(merged, local, strict=True):
+        assert [h.item_id for h in a] == [h.item_id for h in b.items] and all(h.title for h in a)
     again = build_index(client, bundle, ALIAS, progress=False)
     assert again.reused and again.collection == report.collection
     client.close()
