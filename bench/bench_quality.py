@@ -97,6 +97,9 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--sasrec-batch", type=int, default=64)
     p.add_argument("--sasrec-device", default="cpu", help="SASRec training device (auto: GPU if any)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reuse-bundle", action="store_true",
+                   help="evaluate the bundle a previous run left in --home/eval-work/<name> instead of "
+                        "training a new one (the default retrains: code changes reach the numbers)")
     return p
 
 
@@ -156,8 +159,11 @@ def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
     machine = machine_info("cpu")
     t0 = time.perf_counter()
     data = load_dataset(name, args)
+    cfg = config_for(name, args)
+    if not getattr(args, "reuse_bundle", False) and cfg.bundle is not None:
+        (Path(cfg.bundle) / "bundle.json").unlink(missing_ok=True)  # train afresh
     report_dir = args.results / "reports" / name
-    result = run_evaluation(data, config_for(name, args), report_dir, progress=True)
+    result = run_evaluation(data, cfg, report_dir, progress=True)
     out = {
         "benchmark": "quality", "dataset": name, "wall_seconds": round(time.perf_counter() - t0, 1),
         "machine": {**machine, "load_avg_end": os.getloadavg(),

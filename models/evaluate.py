@@ -605,6 +605,10 @@ def _metric_rows(systems: dict[str, dict[str, Any]], cols: list[str]) -> list[li
     return rows
 
 
+def _p(p: float) -> str:
+    return "< 0.001" if p < 1e-3 else f"{p:.3f}"  # 1,000 paired resamples
+
+
 def _diff(d: dict[str, Any]) -> str:
     return f"{d['diff']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]"
 
@@ -660,8 +664,8 @@ def report_markdown(result: EvalResult) -> str:
                     _metric_rows(result.slices["all"], metric_cols))
     lines += ["## Paired differences (mix-up − rival, same events)", ""]
     lines += _table(["mix-up", "rival", "ΔRecall@10 [95% CI]", "p", "ΔNDCG@10 [95% CI]", "p"],
-                    [[p["system"], p["rival"], _diff(p["recall@10"]), _fmt(p["recall@10"]["p_value"], 3),
-                      _diff(p["ndcg@10"]), _fmt(p["ndcg@10"]["p_value"], 3)] for p in result.paired])
+                    [[p["system"], p["rival"], _diff(p["recall@10"]), _p(p["recall@10"]["p_value"]),
+                      _diff(p["ndcg@10"]), _p(p["ndcg@10"]["p_value"])] for p in result.paired])
     lines += ["## Systems on every test event they can score", "",
               "The systems that need no LLM score every test purchase; the LLM systems score the "
               "sample above.", ""]
