@@ -605,6 +605,12 @@ def _metric_rows(systems: dict[str, dict[str, Any]], cols: list[str]) -> list[li
     return rows
 
 
+def _split(split: dict[str, Any] | None) -> str:
+    if not split or "val_start" not in split:
+        return "leave-one-out: each shopper's last purchase is test, the one before validation"
+    return f"temporal: validation from {split['val_start']}, test from {split['test_start']}"
+
+
 def _p(p: float) -> str:
     return "< 0.001" if p < 1e-3 else f"{p:.3f}"  # 1,000 paired resamples
 
@@ -649,7 +655,7 @@ def report_markdown(result: EvalResult) -> str:
         ["source", d["source"]], ["data hash", d["data_hash"]],
         ["items / shoppers / interactions", f"{d['n_items']:,} / {d['n_users']:,} / {d['n_interactions']:,}"],
         ["purchases", f"{d['n_purchases']:,}"],
-        ["split (val start, test start)", f"{d['split']['val_start']}, {d['split']['test_start']}"],
+        ["split", _split(d["split"])],
         ["interactions train / val / test", " / ".join(f"{n:,}" for n in d["interactions_train_val_test"])],
         ["validation events (the bundle's fusion was chosen here)", d["n_val_events"]],
         ["protocol", d.get("protocol", "temporal")],
@@ -673,9 +679,9 @@ def report_markdown(result: EvalResult) -> str:
                     _metric_rows(result.systems, metric_cols))
     lt = result.last_title
     if lt:
+        curve = ", ".join(f"{float(k):g} {v:.4f}" for k, v in lt["val_curve"].items())
         lines += [f"The last-title mix-up's λ = {lt['lambda']:.1f} was chosen on validation "
-                  f"(validation Recall@10 by λ: {', '.join(f'{k:g} {v:.4f}' for k, v in lt['val_curve'].items())}; "
-                  f"content {lt['val_recall@10_content']:.4f}).", ""]
+                  f"(validation Recall@10 by λ: {curve}; content {lt['val_recall@10_content']:.4f}).", ""]
     lines += ["![systems](systems.png)", "", "## Slices (LLM test events)", "",
               "*repeat*: the target is in the shopper's own history; *explore*: the rest; "
               "*cold-start*: explore events whose target had no training interaction.", ""]
