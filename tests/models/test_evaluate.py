@@ -18,7 +18,15 @@ from harness import tiny_llama
 from models.data.dataset import Dataset
 from models.data.split import TemporalSplit
 from models.data.synth import synthesize
-from models.evaluate import CONTENT, LAST_TITLE_MIXUP, EvalConfig, event_slices, run_evaluation
+from models.evaluate import (
+    CONTENT,
+    LAST_TITLE_MIXUP,
+    EvalConfig,
+    EvalResult,
+    event_slices,
+    run_evaluation,
+    write_report,
+)
 from models.metrics import NextItemEvents
 from models.sasrec import SASRecConfig
 from models.train import tune_llm
@@ -80,6 +88,13 @@ def test_evaluate_end_to_end(tmp_path: Path, one_thread: None) -> None:
     assert "score-level blend" in report and "hold" in report
     assert result.costs["lora_seconds_per_step"] > 0 and 0 <= result.costs["malformed_rate"] <= 1
     assert [e["step"] for e in result.costs["lora_held_out_curve"]] == [0, 1, 2]
+
+    # the report can be rebuilt from metrics.json (JSON keys are strings), also for leave-one-out
+    saved = json.loads((out / "metrics.json").read_text())
+    saved.pop("out_dir")
+    saved["dataset"]["split"] = {"protocol": "leave-one-out"}
+    write_report(EvalResult(**saved, out_dir=tmp_path / "again"), tmp_path / "again")
+    assert "leave-one-out" in (tmp_path / "again" / "report.md").read_text()
 
     # the LoRA run is reusable elsewhere (e.g. trained on a GPU box), but only on its data set
     run = out / "bundle" / "llm" / "lora"
