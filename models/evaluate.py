@@ -1,30 +1,35 @@
 """The offline evaluation: every system ranks the whole catalog for the same purchases.
 
 Read top to bottom: configuration, the result, :func:`evaluate` (the protocol, one phase
-per function), the scoring of mix-up, then :func:`write_report`.
+per function), the scoring of mix-up, the paired comparisons, then :func:`write_report`.
 
 Protocol
 --------
-- The model bundle (:mod:`models.bundle`) is trained on the train period and makes its
+- The model bundle (:mod:`models.bundle`) is trained on the train part and makes its
   choices on validation purchases (:func:`models.train.train_bundle`); ``--bundle DIR``
-  evaluates a bundle already built, on the data set it was trained on. Test purchases
-  are reported.
-- Events are purchases (:func:`models.metrics.next_item_events`); a fixed seeded sample of
-  ``max_test_events`` test purchases is scored by EVERY system, so all numbers are on
-  identical events. An event's history is everything the shopper did before it, including
-  earlier val/test interactions, as a live stream would have it.
+  evaluates a bundle already built, on the data set (and protocol: temporal or
+  leave-one-out, :mod:`models.data.split`) it was trained on. Test purchases are reported.
+- Events are purchases (:func:`models.metrics.next_item_events`). The systems that need no
+  LLM score every test purchase (or ``max_test_events`` of them); the LLM systems a fixed
+  seeded sample of ``llm_test_events`` (every one when answers made on a GPU cover them,
+  :mod:`models.answers`), and the paired table puts every system on those same events. An
+  event's history is everything the shopper did before it, including earlier val/test
+  interactions, as a live stream would have it.
 - Each system scores the WHOLE catalog; the target's rank counts ties half
   (:func:`models.metrics.target_ranks`).
 - The mix-up systems are scored by :class:`models.recommender.MixupRecommender`, the code
   that serves live answers: the same prompts, generation, query vectors, stored item
-  vectors and re-buy exclusions. An item the live path would leave out (a bought item the
-  text does not name, when the bundle's re-buy rule says so) cannot be ranked here either.
-- Mix-up reading: the score-level blend ``s = λ·cos(t_q,t_i) + (1−λ)·sim(u,e_i)`` as one
-  inner product (:mod:`models.mixup`), the ID half a cosine or SASRec's logit / σ.
+  vectors, re-buy exclusions, repeat term and repeat/explore split
+  (:meth:`~models.recommender.MixupRecommender.answer_scores`). An item the live path would
+  leave out cannot be ranked here either.
+- Each mix-up is compared with its rivals by the paired bootstrap of per-event Recall@10
+  hits and NDCG@10 gains (:func:`models.metrics.paired_bootstrap`).
 
-Systems: ``popularity``, ``co-occurrence``, ``sasrec`` (raw ``u·e_i``), ``id-only``
-(the served encoder's fusion at λ = 0: what the stream answers when the LLM cannot), and
-per title encoder ``title-only (<enc>)`` (λ = 1) and ``mix-up (<enc>)`` (its fusion).
+Systems: ``popularity``, ``co-occurrence``, ``sasrec`` (raw ``u·e_i``), ``id-only`` (the
+served encoder's fusion at λ = 0: what the stream answers when the LLM cannot), ``content:
+last item's title`` and ``mix-up with the last item's title`` (:func:`last_title_systems`),
+and per title encoder ``title-only (<enc>)`` (the text half), ``mix-up (<enc>)`` (its
+fusion) and, when its repeat term is on, ``mix-up without repeat term (<enc>)``.
 """
 
 from __future__ import annotations
