@@ -50,5 +50,5 @@ class RecommendAnswer(BaseModel):
 class Version(BaseModel):
     bundle_version: str
     encoder: str
-    fusion: dict[str, float | str | None]
+    fusion: dict[str, float | str | list[float] | None]  # λ, ID half, σ, re-buy rule, repeat term, split
     data_hash: str
