@@ -197,9 +197,10 @@ class MixupRecommender:
                 if self.index.available[self.index.index[i]]}
 
     def search(self, queries: np.ndarray, exclude: Sequence[Sequence[str]], k: int,
-               boosts: Sequence[Mapping[str, float]] | None = None) -> list[list[Hit]]:
+               boosts: Sequence[Mapping[str, float]] | None = None, keep_own: bool = False) -> list[list[Hit]]:
         """The ``k`` best per query; with the repeat term, over the search's candidates plus
-        the shopper's history items (:func:`with_repeats`, what serving runs after Milvus)."""
+        the shopper's history items (:func:`with_repeats`, what serving runs after Milvus).
+        ``keep_own`` keeps every candidate, so the split sees all of a shopper's own items."""
         q = np.atleast_2d(queries)
         extra = max((len(b) for b in boosts), default=0) if boosts else 0
         found = self.index.search(q, k=k + extra, exclude=list(exclude))
@@ -207,7 +208,7 @@ class MixupRecommender:
             return found
         rows = [[(h.item_id, h.score) for h in row] for row in found]
         return [[Hit(i, s) for i, s in row]
-                for row in with_repeats(rows, q, boosts, exclude, self.rankable_vectors, k)]
+                for row in with_repeats(rows, q, boosts, exclude, self.rankable_vectors, None if keep_own else k)]
 
     def scores(self, queries: np.ndarray, exclude: Sequence[Sequence[str]],
                boosts: Sequence[Mapping[str, float]] | None = None) -> np.ndarray:
@@ -250,7 +251,7 @@ class MixupRecommender:
         states = self.user_states(histories)
         q = self.queries(text_vecs, states)
         exclude = self.exclusions(histories, text_vecs, self.stored_vectors)
-        found = self.search(q, exclude, k, self.boosts(histories))
+        found = self.search(q, exclude, k, self.boosts(histories), keep_own=bool(self.fusion.repeat_slots))
         if self.fusion.repeat_slots:
             explore = self.search(self.queries(text_vecs, states, self.fusion.explore()), exclude,
                                   k + self.fusion.repeat_slots)
@@ -271,12 +272,13 @@ class MixupRecommender:
 
 def with_repeats(rows: Sequence[Sequence[tuple[str, float]]], queries: np.ndarray,
                  boosts: Sequence[Mapping[str, float]], exclude: Sequence[Sequence[str]],
-                 rankable: Callable[[list[str]], Mapping[str, np.ndarray]], k: int
+                 rankable: Callable[[list[str]], Mapping[str, np.ndarray]], k: int | None
                  ) -> list[list[tuple[str, float]]]:
     """The repeat term on top of a search: each row's candidates ``(item, q·x_i)`` plus the
     shopper's rankable, not excluded history items scored exactly, the boosts added, the
-    ``k`` best kept. Equal to the whole-catalog ranking's top ``k`` whenever the search
-    fetched ``k`` + (history items) candidates, since only history items gain."""
+    ``k`` best kept (all with ``k`` None). Equal to the whole-catalog ranking's top ``k``
+    whenever the search fetched ``k`` + (history items) candidates, since only history
+    items gain."""
     vectors = rankable(list(dict.fromkeys(i for b in boosts for i in b)))
     out = []
     for r, (row, boost) in enumerate(zip(rows, boosts, strict=True)):
@@ -288,7 +290,8 @@ def with_repeats(rows: Sequence[Sequence[tuple[str, float]]], queries: np.ndarra
         for item, w in boost.items():
             if item in scores:
                 scores[item] += w
-        out.append(sorted(scores.items(), key=lambda x: -x[1])[:k])
+        ranked = sorted(scores.items(), key=lambda x: -x[1])
+        out.append(ranked if k is None else ranked[:k])
     return out
 
 

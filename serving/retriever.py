@@ -70,9 +70,9 @@ class Retriever:
         boosts = self.rec.boosts(histories)
         extra = max((len(b) for b in boosts), default=0)
         hits = items.search(queries, k_max + extra, exclude)
-        if extra:  # the repeat term: the shopper's own items join the candidates, boosted
-            hits = repeat_hits(items, hits, queries, boosts, exclude, k_max)
         fusion = self.rec.fusion
+        if extra:  # the repeat term: the shopper's own items join the candidates, boosted
+            hits = repeat_hits(items, hits, queries, boosts, exclude, None if fusion.repeat_slots else k_max)
         if fusion.repeat_slots:  # the repeat/explore split: a second search leaning on the text
             explore = items.search(self.rec.queries(text_vecs, states, fusion.explore()),
                                    k_max + fusion.repeat_slots, exclude)
@@ -84,9 +84,10 @@ class Retriever:
 
 
 def repeat_hits(items: ItemCollection, hits: list[list[SearchHit]], queries: Any, boosts: list[dict[str, float]],
-                exclude: list[list[str]], k: int) -> list[list[SearchHit]]:
+                exclude: list[list[str]], k: int | None) -> list[list[SearchHit]]:
     """The repeat term after the Milvus search: :func:`models.recommender.with_repeats` over
-    the hits plus the shoppers' in-stock history items, fetched from the collection."""
+    the hits plus the shoppers' in-stock history items, fetched from the collection (all
+    kept with ``k`` None, for the repeat/explore split)."""
     rows = [[(h.item_id, h.score) for h in row] for row in hits]
     ranked = with_repeats(rows, queries, boosts, exclude, lambda ids: items.vectors(ids, in_stock_only=True), k)
     titles = {h.item_id: h.title for row in hits for h in row}

@@ -80,7 +80,8 @@ def test_milvus_search_equals_the_in_process_index(milvus, tiny_bundle):
                              fusion=repeat.fusion.with_repeat(repeat.fusion.repeat, 2, 0.9))
     texts = ["red dress"] * len(hist)
     explore_q = split.queries(split.text_vectors(texts), split.user_states(hist), split.fusion.explore())
-    merged = split_hits(served, items.search(explore_q, k=12, exclude=no_exclusions), hist, 2, 10)
+    own = repeat_hits(items, items.search(q, k=10 + extra, exclude=no_exclusions), q, boosts, no_exclusions, None)
+    merged = split_hits(own, items.search(explore_q, k=12, exclude=no_exclusions), hist, 2, 10)
     local = split.recommend(hist, k=10, texts=texts)
     for a, b in zip(merged, local, strict=True):
         assert [h.item_id for h in a] == [h.item_id for h in b.items] and all(h.title for h in a)
