@@ -284,8 +284,8 @@ def with_repeats(rows: Sequence[Sequence[tuple[str, float]]], queries: np.ndarra
     for r, (row, boost) in enumerate(zip(rows, boosts, strict=True)):
         scores = dict(row)
         left_out = set(exclude[r]) if r < len(exclude) else set()
-        for item in boost:
-            if item not in scores and item in vectors and item not in left_out:
+        for item in boost:  # exact scores for the shopper's own items, whatever the search said, so
+            if item in vectors and item not in left_out:  # Milvus and the in-process index agree
                 scores[item] = float(np.asarray(vectors[item], np.float64) @ np.asarray(queries[r], np.float64))
         for item, w in boost.items():
             if item in scores:

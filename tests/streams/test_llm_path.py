@@ -5,8 +5,10 @@ recommended; and the stream carrying on when a Generator replica dies."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+import urllib.request
 
 import pytest
 from harness import TopicWatch, dumps, wait_for
@@ -34,6 +36,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, tiny_bundle):
         bootstrap = stack.start_broker()
         stack.start_milvus()
         stack.start_serving()
+        warm_up(settings.serve_port, sorted(Bundle.load(tiny_bundle.folder).items()["item_id"])[0])
         stack.start_indexer()
         worker = stack.start_worker()
         watch = TopicWatch(bootstrap, RECS)
@@ -41,6 +44,24 @@ def live(tmp_path_factory: pytest.TempPathFactory, tiny_bundle):
         watch.close()
     finally:
         stack.close()
+
+
+def warm_up(port: int, item_id: str, timeout_s: float = 120.0) -> None:
+    """One answered request before the test's burst: Ray Serve's handles learn of the
+    replicas on their first request, and a burst that lands meanwhile is shed (503)."""
+    body = json.dumps({"user_id": "warm-up", "history": [{"item_id": item_id}]}).encode()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/recommend", data=body,
+                                         headers={"content-type": "application/json"})
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.5)
 
 
 def send(bootstrap: str, events: list[tuple[str, dict]]) -> None:
