@@ -53,7 +53,6 @@ from models.mixup import (
     Fusion,
     IdImputer,
     mixup_item_vectors,
-    repeat_boosts,
     split_scores,
     unit,
 )
@@ -514,7 +513,7 @@ class ValidationHalves:
         text = (unit(text_vecs) @ unit(titles).T).astype(np.float32)
         index = {item: r for r, item in enumerate(items["item_id"].astype(str))}
         bought = [np.array([index[i] for i in h.bought() if i in index], dtype=np.int64) for h in val.histories]
-        recent = [np.array([index[i] for i in repeat_boosts(h.item_ids, (0.0,)) if i in index], dtype=np.int64)
+        recent = [np.array([index[i] for i in dict.fromkeys(reversed(h.item_ids)) if i in index], dtype=np.int64)
                   for h in val.histories]
         return cls(text, ids, id_emb, imputers, bought, recent)
 
