@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -32,6 +33,14 @@ async def refuse_large_bodies(request: Request, call_next: Any) -> Any:
         return JSONResponse({"detail": f"body of {size} bytes; at most {limits['max_body_bytes']} are accepted"},
                             status_code=413)
     return await call_next(request)
+
+
+@api.exception_handler(RequestValidationError)
+async def name_what_is_wrong(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 naming each field and the reason, without echoing the input back: FastAPI's default
+    answer repeats it, which fails (a 500) on a NaN and would send back a 200 kB id."""
+    detail = [{"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]} for err in exc.errors()]
+    return JSONResponse({"detail": detail}, status_code=422)
 
 
 @serve.deployment(name="Ingress", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})

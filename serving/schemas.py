@@ -10,14 +10,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-MAX_ID = 128
+from stylestream.records import ID_MAX_BYTES, ITEM_ID_MAX_BYTES
+
+MAX_ID = ID_MAX_BYTES  # characters here: every id an event may carry (bytes) fits
 MAX_K = 100
 
 
 class HistoryEvent(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    item_id: str = Field(min_length=1, max_length=MAX_ID)
+    item_id: str = Field(min_length=1, max_length=ITEM_ID_MAX_BYTES)
     kind: Literal["click", "purchase"] = "purchase"
     ts: float | None = Field(default=None, allow_inf_nan=False)
 

@@ -107,9 +107,7 @@ async def sequence_events(stream):
         stats.received += 1
         msg = event.message
         try:
-            ev = parse_event(msg.topic, msg.value)
-            if msg.key is not None and msg.key.decode(errors="replace") != ev.user_id:
-                raise BadRecord(f"key {msg.key[:64]!r} does not match user_id {ev.user_id!r}")
+            ev = parse_event(msg.topic, msg.value, msg.key)
         except BadRecord as exc:
             await dead_letter(msg, str(exc))
             continue

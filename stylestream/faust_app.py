@@ -52,7 +52,6 @@ def faust_app(app_id: str, settings: Settings, web_port: int) -> faust.App:
 async def send_dead_letter(dlq: Any, message: Any, reason: str) -> None:
     """Put a record that failed validation on the dead-letter topic ``dlq``: where it came
     from, its original bytes and the reason, so nothing is lost and nothing stops."""
-    letter = DeadLetter(topic=message.topic, partition=message.partition, offset=message.offset,
-                        raw=message.value or b"", error=reason)
+    letter = DeadLetter.of(message.topic, message.partition, message.offset, message.value, reason)
     await dlq.send(key=None, value=letter.to_bytes())
     log.warning("dead-lettered %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason)

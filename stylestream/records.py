@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 CLICKS = "events.clicks"
 PURCHASES = "events.purchases"
@@ -27,29 +27,58 @@ class _Record(BaseModel):
         return self.model_dump_json(exclude_none=True).encode()
 
 
+# The largest fields a record may carry (UTF-8 bytes); longer ones are refused with the reason
+# (dead-lettered), never cut silently: whatever is accepted ends up in the sequence table, its
+# changelog, Milvus and every recommendation, so its size must be bounded here.
+ITEM_ID_MAX_BYTES = 256
+ID_MAX_BYTES = 128  # event_id, user_id, session_id
+TITLE_MAX_BYTES = 1024  # also a click's search query
+FIELD_MAX_BYTES = 256
+RECORD_MAX_BYTES = 16 * 1024  # a whole raw record, refused before it is parsed
+# Event time must be a real moment: NaN breaks the time-ordered insert, 1e300 would pin a
+# shopper's sequence forever, and milliseconds (1.7e12) are a common producer mistake.
+EVENT_TS_MIN = 631_152_000.0  # 1990-01-01T00:00:00Z
+EVENT_TS_MAX = 4_102_444_800.0  # 2100-01-01T00:00:00Z
+QUANTITY_MAX = 10_000
+
+
+def _fits(limit: int):
+    def check(value: str | None) -> str | None:
+        if value is not None and len(value.encode()) > limit:
+            raise ValueError(f"longer than {limit} bytes ({len(value.encode())})")
+        return value
+    return AfterValidator(check)
+
+
+def _event_time(ts: float) -> float:
+    if not EVENT_TS_MIN <= ts <= EVENT_TS_MAX:
+        hint = " (milliseconds? send seconds)" if EVENT_TS_MAX < ts <= EVENT_TS_MAX * 1000 else ""
+        raise ValueError(f"{ts!r} is not an event time between 1990 and 2100 in seconds since the epoch{hint}")
+    return ts
+
+
+Id = Annotated[str, Field(min_length=1), _fits(ID_MAX_BYTES)]
+ItemId = Annotated[str, Field(min_length=1), _fits(ITEM_ID_MAX_BYTES)]
+EventTime = Annotated[float, Field(allow_inf_nan=False, description="event time, seconds since the epoch"),
+                      AfterValidator(_event_time)]
+
+
 class ClickEvent(_Record):
-    event_id: str = Field(min_length=1)
-    user_id: str = Field(min_length=1)
-    item_id: str = Field(min_length=1)
-    ts: float = Field(description="event time, seconds since the epoch")
-    session_id: str | None = None
-    query: str | None = None
+    event_id: Id
+    user_id: Id
+    item_id: ItemId
+    ts: EventTime
+    session_id: Annotated[str | None, _fits(ID_MAX_BYTES)] = None
+    query: Annotated[str | None, _fits(TITLE_MAX_BYTES)] = None
 
 
 class PurchaseEvent(_Record):
-    event_id: str = Field(min_length=1)
-    user_id: str = Field(min_length=1)
-    item_id: str = Field(min_length=1)
-    ts: float
-    price: float | None = None
-    quantity: int | None = Field(default=None, ge=1)
-
-
-# The largest catalog fields the index stores (UTF-8 bytes); longer ones are refused with the
-# reason (dead-lettered), never cut silently.
-ITEM_ID_MAX_BYTES = 256
-TITLE_MAX_BYTES = 1024
-FIELD_MAX_BYTES = 256
+    event_id: Id
+    user_id: Id
+    item_id: ItemId
+    ts: EventTime
+    price: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    quantity: int | None = Field(default=None, ge=1, le=QUANTITY_MAX)
 
 
 class CatalogUpdate(_Record):
@@ -63,10 +92,11 @@ class CatalogUpdate(_Record):
     category: str | None = None
     brand: str | None = None
     colour: str | None = None
-    price: float | None = None
+    price: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     in_stock: bool | None = None
-    ts: float = Field(description="catalog time of the change, seconds since the epoch; an older one never "
-                                  "overwrites a newer one")
+    ts: float = Field(ge=0, allow_inf_nan=False,
+                      description="catalog time of the change (a clock or a version number: only its order "
+                                  "matters); an older one never overwrites a newer one")
 
     @field_validator("item_id", "title", "category", "brand", "colour")
     @classmethod
@@ -98,12 +128,28 @@ class Recommendation(_Record):
     latency_ms: float
 
 
+DEAD_LETTER_RAW_MAX_BYTES = 64 * 1024
+
+
 class DeadLetter(_Record):
+    """A record that failed validation: where it is, its bytes and why. The bytes are kept whole
+    up to 64 KiB; a larger record keeps its first 64 KiB (``raw_bytes`` says how long it was),
+    so a dead letter always fits the broker's message limit; the whole record stays at its
+    topic, partition and offset for the topic's retention."""
+
     topic: str
     partition: int
     offset: int
     raw: str = Field(description="original bytes: UTF-8 text when decodable, else 'base64:' + base64")
+    raw_bytes: int | None = Field(default=None, description="length of the original when raw keeps only its start")
     error: str
+
+    @classmethod
+    def of(cls, topic: str, partition: int, offset: int, raw: bytes | None, error: str) -> DeadLetter:
+        raw = raw or b""
+        kept = raw[:DEAD_LETTER_RAW_MAX_BYTES]
+        return cls(topic=topic, partition=partition, offset=offset, raw=kept, error=error,
+                   raw_bytes=len(raw) if len(kept) < len(raw) else None)
 
     @field_validator("raw", mode="before")
     @classmethod
@@ -126,8 +172,24 @@ class BadRecord(ValueError):
     """Raised by :func:`parse_event` with a one-line reason fit for the dead-letter topic."""
 
 
-def parse_event(topic: str, raw: bytes | None) -> ClickEvent | PurchaseEvent:
-    """Decode and validate one raw event from ``topic``; raise :class:`BadRecord` with the reason."""
+def parse_event(topic: str, raw: bytes | None,
+                key: bytes | None | Literal[False] = False) -> ClickEvent | PurchaseEvent:
+    """Decode and validate one raw event from ``topic`` with its Kafka ``key`` (``False``: not
+    checked); raise :class:`BadRecord` with the reason.
+
+    An event must be keyed by its ``user_id``: the sequence table is partitioned by shopper,
+    so a keyless event (which the producer spreads over partitions) would land in a partition
+    that does not hold its shopper's sequence. It is dead-lettered, to be re-sent with its key.
+    """
+    if key is None:
+        raise BadRecord("no key: events must be keyed by user_id (the sequence table is partitioned by shopper)")
+    event = _parse_event(topic, raw)
+    if key is not False and key.decode(errors="replace") != event.user_id:
+        raise BadRecord(f"key {key[:64]!r} does not match user_id {event.user_id!r}")
+    return event
+
+
+def _parse_event(topic: str, raw: bytes | None) -> ClickEvent | PurchaseEvent:
     kind = EVENT_TYPES.get(topic)
     if kind is None:
         raise BadRecord(f"unknown event kind: topic {topic!r}")
@@ -156,6 +218,8 @@ def parse_catalog_update(raw: bytes | None, key: bytes | None = None) -> Catalog
 def _json_object(raw: bytes | None) -> dict:
     if raw is None:
         raise BadRecord("empty value (tombstone)")
+    if len(raw) > RECORD_MAX_BYTES:
+        raise BadRecord(f"record of {len(raw)} bytes; at most {RECORD_MAX_BYTES} are accepted")
     try:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -17,12 +17,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fuzz_records import dumps, fuzz, recommend_bodies
+from hypothesis import given
 
 from indexer.build import build_index
 from indexer.collection import ItemCollection, connect
 from models.bundle import MANIFEST, Bundle, bundle_version
 from models.recommender import History, MixupRecommender
 from serving.app import APP_NAME, serve_config
+from serving.schemas import RecommendBody
 from stylestream.config import Settings
 from stylestream.devstack import DevStack
 from stylestream.devstack.processes import free_port
@@ -84,7 +87,9 @@ def test_recommend_answers_as_the_in_process_path(served, tiny_bundle):
     ({"user_id": "u", "history": [{"item_id": "a"}], "k": 1000}, 422, "less than or equal to 100"),
     ({"user_id": "u", "history": [{"item_id": "a"}], "tenant": "x"}, 422, "Extra inputs are not permitted"),
     ({"user_id": "u", "history": [{"item_id": "a"}] * 201}, 422, "at most 200"),
-    ({"user_id": "u", "history": [{"item_id": "x" * 300}]}, 422, "at most 128"),
+    ({"user_id": "u", "history": [{"item_id": "x" * 300}]}, 422, "at most 256"),
+    ({"user_id": "u" * 129, "history": [{"item_id": "a"}]}, 422, "at most 128"),
+    (b'{"user_id": "u", "history": [{"item_id": "a", "ts": NaN}]}', 422, "finite"),
     (b"[" + b"1," * 200_000 + b"1]", 413, "bytes"),
 ])
 def test_bad_requests_get_a_4xx_with_the_reason(served, raw, status, reason):
@@ -93,6 +98,18 @@ def test_bad_requests_get_a_4xx_with_the_reason(served, raw, status, reason):
     assert err.value.code == status
     assert reason.lower() in err.value.read().decode().lower()
     assert get(served.serving_url, "/healthz")["status"] == "ok", "the replica stays up"
+
+
+@fuzz(1_000)
+@given(body=recommend_bodies)
+def test_fuzzed_bodies_get_an_answer_or_a_4xx_never_a_5xx(served, body):
+    try:
+        answer = post(served.serving_url, dumps(body), timeout=30)
+    except urllib.error.HTTPError as err:
+        assert 400 <= err.code < 500, err.read()[:300]
+    else:
+        valid = RecommendBody.model_validate(body)
+        assert answer["user_id"] == valid.user_id and len(answer["items"]) <= valid.k
 
 
 def test_in_cluster_callers_use_a_deployment_handle(served, tiny_bundle):

@@ -9,6 +9,7 @@ import time
 from collections import Counter
 
 import pytest
+from fuzz_records import event_mix
 from harness import dumps, event, read_topic, wait_for
 from kafka import KafkaProducer
 
@@ -21,11 +22,11 @@ MALFORMED = [
     (CLICKS, b"u1", b"{not json", "bad JSON"),
     (CLICKS, b"u1", b"\xff\xfe\x00garbage", "bad JSON"),
     (CLICKS, b"u1", b"[1, 2, 3]", "expected an object"),
-    (PURCHASES, b"u1", dumps({"event_id": "x1", "user_id": "u1", "ts": 1.0}), "item_id"),
+    (PURCHASES, b"u1", dumps({"event_id": "x1", "user_id": "u1", "ts": 1.8e9}), "item_id"),
     (PURCHASES, b"u1", dumps({"event_id": "x2", "user_id": "u1", "item_id": "i1", "ts": "yesterday"}), "ts"),
-    (CLICKS, b"u1", dumps({"event_id": "x3", "user_id": "u1", "item_id": "i1", "ts": 1.0, "kind": "like"}),
+    (CLICKS, b"u1", dumps({"event_id": "x3", "user_id": "u1", "item_id": "i1", "ts": 1.8e9, "kind": "like"}),
      "unknown event kind"),
-    (CLICKS, b"u9", dumps({"event_id": "x4", "user_id": "u1", "item_id": "i1", "ts": 1.0}), "does not match"),
+    (CLICKS, b"u9", dumps({"event_id": "x4", "user_id": "u1", "item_id": "i1", "ts": 1.8e9}), "does not match"),
 ]
 
 
@@ -133,3 +134,33 @@ def test_worker_stops_cleanly_on_sigterm(stack_factory):
     worker = stack.start_worker()
     worker.proc.send_signal(signal.SIGTERM)
     assert worker.proc.wait(30) == 0
+
+
+def test_a_fuzzed_mix_of_events_is_conserved_and_nothing_malformed_enters_a_sequence(stack_factory):
+    """3,000 events, 1,000 of them broken in twelve ways (what a new user's first try sent):
+    every one is processed, a duplicate or a dead letter, and each malformed one is the latter."""
+    stack = stack_factory(trigger_every_clicks=0, trigger_idle_seconds=0)
+    bootstrap = stack.start_broker()
+    worker = stack.start_worker()
+    mix = event_mix(3_000, 1_000, users=50)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_request_size=4 * 1024 * 1024)
+    for sent in mix:
+        producer.send(sent.topic, key=sent.key, value=sent.value)
+    producer.flush()
+    producer.close()
+
+    wait_for(lambda: worker.stats()["received"] >= len(mix), 120, "the worker to see every record")
+    stats = worker.stats()
+    duplicates = sum(s.duplicate for s in mix)
+    assert stats["received"] == stats["processed"] + stats["duplicates"] + stats["dead_lettered"] == 3_000
+    assert (stats["dead_lettered"], stats["duplicates"]) == (1_000, duplicates)
+    reasons = Counter(json.loads(m.value)["error"].split(":")[0] for m in read_topic(bootstrap, DLQ))
+    assert sum(reasons.values()) == 1_000
+    assert {"no key", "bad JSON", "invalid record", "empty value (tombstone)"} <= set(reasons)
+    applied = 0
+    for user in {s.key.decode() for s in mix if not s.malformed}:
+        seq = worker.get(f"/users/{user}/")
+        applied += seq["n"]
+        assert all(len(e[0]) < 32 and 1.8e9 <= e[3] < 1.9e9 for e in seq["events"]), "only good events"
+    assert applied == 2_000 - duplicates
+    assert worker.proc.poll() is None

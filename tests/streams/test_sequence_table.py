@@ -2,9 +2,11 @@ from streams.sequence_table import UserSequence
 from streams.trigger import IdleTracker, TriggerPolicy
 from stylestream.records import ClickEvent, PurchaseEvent
 
+T0 = 1_750_000_000.0
+
 
 def click(i: int, ts: float | None = None) -> ClickEvent:
-    return ClickEvent(event_id=f"c{i}", user_id="u", item_id=f"i{i}", ts=ts if ts is not None else i)
+    return ClickEvent(event_id=f"c{i}", user_id="u", item_id=f"i{i}", ts=T0 + (ts if ts is not None else i))
 
 
 def test_rolling_window_keeps_newest_in_event_time_order():
@@ -35,7 +37,7 @@ def test_redelivery_from_before_the_window_is_dropped_by_offset():
 def test_round_trip_through_the_table_value():
     seq = UserSequence()
     seq.add(click(1), 10)
-    seq.add(PurchaseEvent(event_id="p", user_id="u", item_id="i9", ts=9), 10)
+    seq.add(PurchaseEvent(event_id="p", user_id="u", item_id="i9", ts=T0 + 9), 10)
     back = UserSequence.from_dict(seq.to_dict())
     assert back == seq and back.events[-1].kind == "purchase"
     assert UserSequence.from_dict({}) == UserSequence()
