@@ -48,46 +48,75 @@ def maybe(good: st.SearchStrategy, bad: st.SearchStrategy = junk) -> st.SearchSt
     return st.one_of(good, good, good, bad)
 
 
+short_ids = st.text(st.characters(codec="utf-8"), min_size=1, max_size=12)
+# Half the cases are well-formed records (so the bounds of what is accepted are tested too),
+# half are the same records with any field, the value or the key broken.
+good_events = st.fixed_dictionaries(
+    {"event_id": short_ids, "user_id": short_ids, "item_id": short_ids, "ts": good_ts},
+    optional={"price": st.floats(0, 1e4), "quantity": st.integers(1, 20), "query": st.text(max_size=20),
+              "session_id": st.text(max_size=20)})
+any_events = st.fixed_dictionaries(
+    {"event_id": maybe(ids), "user_id": maybe(ids), "item_id": maybe(ids), "ts": maybe(good_ts, bad_ts)},
+    optional={"kind": st.sampled_from(["click", "purchase", "like"]), "price": maybe(st.floats(0, 1e4)),
+              "quantity": maybe(st.integers(1, 20)), "query": maybe(long_text(1024)),
+              "session_id": maybe(long_text(128)), "extra": junk})
+
+
+def _key(record: dict, field: str) -> bytes:
+    value = record.get(field)
+    return value.encode("utf-8", errors="surrogatepass") if isinstance(value, str) else b"?"
+
+
 @st.composite
 def event_records(draw: st.DrawFn) -> tuple[str, bytes | None, bytes | None]:
     """(topic, key, value) as a producer may send them."""
+    if draw(st.booleans()):
+        record = draw(good_events)
+        return draw(st.sampled_from([CLICKS, PURCHASES])), _key(record, "user_id"), dumps(record)
     topic = draw(st.sampled_from([CLICKS, PURCHASES, CLICKS, PURCHASES, "events.returns"]))
-    record = draw(st.fixed_dictionaries(
-        {"event_id": maybe(ids), "user_id": maybe(ids), "item_id": maybe(ids), "ts": maybe(good_ts, bad_ts)},
-        optional={"kind": st.sampled_from(["click", "purchase", "like"]), "price": maybe(st.floats(0, 1e4)),
-                  "quantity": maybe(st.integers(1, 20)), "query": maybe(long_text(1024)),
-                  "session_id": maybe(long_text(128)), "extra": junk}))
+    record = draw(any_events)
     for name in draw(st.sets(st.sampled_from(["event_id", "user_id", "item_id", "ts"]), max_size=1)):
         if draw(st.integers(0, 9)) == 0:
             record.pop(name)
     value = draw(st.one_of(st.just(dumps(record)), st.just(dumps(record)), st.just(dumps(record)), st.none(),
                            st.binary(max_size=64), st.just(dumps([record])), st.just(dumps(record)[:-3])))
-    user = record.get("user_id")
-    right_key = user.encode("utf-8", errors="surrogatepass") if isinstance(user, str) else b"?"
+    right_key = _key(record, "user_id")
     key = draw(st.one_of(st.just(right_key), st.just(right_key), st.none(), st.binary(max_size=8)))
     return topic, key, value
+
+
+good_updates = st.fixed_dictionaries(
+    {"op": st.sampled_from(["upsert", "delete"]), "item_id": short_ids, "ts": st.floats(0, 1e10)},
+    optional={"title": st.text(max_size=20), "category": st.text(max_size=20), "price": st.floats(0, 1e4),
+              "in_stock": st.booleans()})
+any_updates = st.fixed_dictionaries(
+    {"op": maybe(st.sampled_from(["upsert", "delete"])), "item_id": maybe(ids),
+     "ts": maybe(st.floats(0, 1e10), bad_ts)},
+    optional={"title": maybe(long_text(1024)), "category": maybe(long_text(256)),
+              "brand": maybe(st.text(max_size=30)), "colour": maybe(st.text(max_size=30)),
+              "price": maybe(st.floats(0, 1e4), bad_ts), "in_stock": maybe(st.booleans())})
 
 
 @st.composite
 def catalog_records(draw: st.DrawFn) -> tuple[bytes | None, bytes | None]:
     """(key, value) of a ``catalog.updates`` record."""
-    record = draw(st.fixed_dictionaries(
-        {"op": maybe(st.sampled_from(["upsert", "delete"])), "item_id": maybe(ids),
-         "ts": maybe(st.floats(0, 1e10), bad_ts)},
-        optional={"title": maybe(long_text(1024)), "category": maybe(long_text(256)),
-                  "brand": maybe(st.text(max_size=30)), "colour": maybe(st.text(max_size=30)),
-                  "price": maybe(st.floats(0, 1e4), bad_ts), "in_stock": maybe(st.booleans())}))
+    if draw(st.booleans()):
+        record = draw(good_updates)
+        return draw(st.sampled_from([None, _key(record, "item_id")])), dumps(record)
+    record = draw(any_updates)
     value = draw(st.one_of(st.just(dumps(record)), st.just(dumps(record)), st.none(), st.binary(max_size=64)))
-    item = record.get("item_id")
-    key = draw(st.one_of(st.none(), st.just(item.encode("utf-8", "surrogatepass") if isinstance(item, str) else b"?"),
-                         st.binary(max_size=8)))
+    key = draw(st.one_of(st.none(), st.just(_key(record, "item_id")), st.binary(max_size=8)))
     return key, value
 
 
+good_history = st.lists(st.fixed_dictionaries({"item_id": short_ids},
+                                              optional={"kind": st.sampled_from(["click", "purchase"]),
+                                                        "ts": good_ts}), min_size=1, max_size=5)
 history_events = st.fixed_dictionaries(
     {"item_id": maybe(ids)},
     optional={"kind": maybe(st.sampled_from(["click", "purchase"])), "ts": maybe(good_ts, bad_ts), "x": junk})
 recommend_bodies = st.one_of(
+    st.fixed_dictionaries({"user_id": short_ids, "history": good_history}, optional={"k": st.integers(1, 100)}),
     st.fixed_dictionaries({"user_id": maybe(ids), "history": maybe(st.lists(history_events, max_size=5))},
                           optional={"k": maybe(st.integers(1, 100)), "tenant": junk}),
     junk)
