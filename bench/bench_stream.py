@@ -31,29 +31,35 @@ from stylestream.devstack import DevStack
 from stylestream.records import RECS
 
 
-def drain_rate(stack: DevStack, events, prefix: str) -> dict:
+def drain_rate(stack: DevStack, events, prefix: str, workers: int = 1) -> dict:
+    """Pre-load ``events``, start ``workers`` in one group, and fit the group's rate once all
+    of them are in (the joins rebalance; that time does not count)."""
     bootstrap = stack.start_broker()
-    replay(events, bootstrap, prefix)  # pre-load: the worker starts with a backlog
+    replay(events, bootstrap, prefix)  # pre-load: the workers start with a backlog
     t0 = time.monotonic()
-    worker = stack.start_worker()
+    group = [stack.start_worker() for _ in range(workers)]
     t_ready = time.monotonic()
     samples = []
     while True:
-        s = worker.stats()
-        samples.append((time.monotonic(), s["received"]))
-        if s["received"] >= len(events):
+        stats = [w.stats() for w in group]
+        received = sum(s["received"] for s in stats)
+        samples.append((time.monotonic(), received))
+        if received >= len(events):
             break
         time.sleep(0.5)
-    # rate over the middle of the run, where start-up and the tail don't count
     ts, n = np.array(samples).T
-    mid = (n >= 0.1 * len(events)) & (n <= 0.9 * len(events))
+    start = n[0] + 0.1 * (len(events) - n[0])  # the middle of what is left once all have joined
+    mid = (n >= start) & (n <= 0.9 * len(events))
     sustained = float(np.polyfit(ts[mid], n[mid], 1)[0]) if mid.sum() >= 3 else float("nan")
     total_s = samples[-1][0] - t_ready
-    stack.stop_worker(worker)
-    return {"events": len(events), "worker_start_s": round(t_ready - t0, 2), "drain_s": round(total_s, 2),
-            "events_per_s_overall": round(len(events) / total_s, 1), "events_per_s_sustained": round(sustained, 1),
-            "recs_published": s["recs_published"], "recs_by_path": s.get("recs_by_path"),
-            "serving": s.get("serving")}
+    for w in group:
+        stack.stop_worker(w)
+    return {"workers": workers, "events": len(events), "events_before_all_joined": int(n[0]),
+            "workers_start_s": round(t_ready - t0, 2), "drain_s": round(total_s, 2),
+            "events_per_s_sustained": round(sustained, 1),
+            "events_per_s_per_worker": round(sustained / workers, 1),
+            "received_by_worker": [s["received"] for s in stats],
+            "recs_published": sum(s["recs_published"] for s in stats)}
 
 
 def latency_at_rate(stack: DevStack, events, prefix: str, rate: float) -> dict:
@@ -94,6 +100,9 @@ def latency_at_rate(stack: DevStack, events, prefix: str, rate: float) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=20000, help="events for the throughput run")
+    ap.add_argument("--workers", default="1,2", help="group sizes for the throughput runs (comma-separated)")
+    ap.add_argument("--batch-sizes", default="1,500",
+                    help="STYLESTREAM_STREAM_BATCH_MAX_EVENTS values compared (1 = an event at a time)")
     ap.add_argument("--rate", type=float, default=500.0, help="input rate for the latency run (events/s)")
     ap.add_argument("--latency-events", type=int, default=10000, help="events for the latency run")
     ap.add_argument("--broker", choices=["noida", "tansu"], default="noida")
@@ -106,18 +115,28 @@ def main() -> None:
     events = data.interactions
     results: dict = {"machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
                      "broker": args.broker, "recommender": "category-popularity (baseline)",
-                     "catalog_items": len(data.items)}
+                     "catalog_items": len(data.items), "throughput": []}
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     try:
-        settings = Settings.from_env(home=home / "a", dataset=home / "data", broker=args.broker, log_level="WARNING")
+        for workers in (int(w) for w in args.workers.split(",")):
+            for batch in batch_sizes:
+                settings = Settings.from_env(home=home / f"tp-{workers}-{batch}", dataset=home / "data",
+                                             broker=args.broker, log_level="WARNING", stream_batch_max_events=batch)
+                with DevStack(settings) as stack:
+                    run = {"batch_max_events": batch, **drain_rate(stack, events.iloc[: args.events], "tp", workers)}
+                results["throughput"].append(run)
+                print("throughput:", json.dumps(run), flush=True)
+        settings = Settings.from_env(home=home / "lat", dataset=home / "data", broker=args.broker,
+                                     log_level="WARNING", stream_batch_max_events=max(batch_sizes))
         with DevStack(settings) as stack:
-            results["throughput"] = drain_rate(stack, events.iloc[: args.events], "tp")
-        print("throughput:", json.dumps(results["throughput"]), flush=True)
-        settings = Settings.from_env(home=home / "b", dataset=home / "data", broker=args.broker, log_level="WARNING")
-        with DevStack(settings) as stack:
-            results["latency"] = latency_at_rate(stack, events.iloc[: args.latency_events], "lat", args.rate)
+            results["latency"] = {"batch_max_events": max(batch_sizes),
+                                  **latency_at_rate(stack, events.iloc[: args.latency_events], "lat", args.rate)}
         print("latency:", json.dumps(results["latency"]), flush=True)
     finally:
         shutil.rmtree(home, ignore_errors=True)
+    one = {r["batch_max_events"]: r["events_per_s_sustained"] for r in results["throughput"] if r["workers"] == 1}
+    if len(one) > 1:
+        results["batched_vs_per_event_one_worker"] = round(one[max(one)] / one[min(one)], 2)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)

@@ -10,10 +10,13 @@ import asyncio
 import logging
 import time
 import uuid
+import weakref
 from collections import Counter
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+from faust.streams import _current_event  # Faust's own binding of the event being processed
 
 from streams.app import app, catalog_state, catalog_topic, dlq_topic, events_topic, recs_topic, sequences, settings
 from streams.sequence_table import UserSequence
@@ -103,7 +106,17 @@ async def load_recommender() -> None:
 
 @app.agent(events_topic)
 async def sequence_events(stream):
-    async for event in stream.events():
+    """Events in batches (``STYLESTREAM_STREAM_BATCH_MAX_EVENTS`` or what arrived within
+    ``…_BATCH_WAIT_MS``): each shopper's sequence is read, updated with all of its events in
+    the batch, and written back once, so the changelog gets one record per shopper per
+    batch instead of one per event. Faust acks a batch's offsets only after this returns."""
+    async for batch in stream.take_events(settings.stream_batch_max_events, settings.stream_batch_wait_ms / 1000):
+        await apply_batch(batch)
+
+
+async def apply_batch(batch: list[Any]) -> None:
+    by_user: dict[str, list[tuple[ClickEvent | PurchaseEvent, Any, Any]]] = {}
+    for event in batch:
         stats.received += 1
         msg = event.message
         try:
@@ -111,23 +124,42 @@ async def sequence_events(stream):
         except BadRecord as exc:
             await dead_letter(msg, str(exc))
             continue
-        await apply_event(ev, (msg.topic, msg.partition, msg.offset), msg.timestamp)
+        by_user.setdefault(ev.user_id, []).append((ev, msg, event))
+    for user_id, events in by_user.items():
+        apply_events(user_id, events)
 
 
-async def apply_event(ev: ClickEvent | PurchaseEvent, source: tuple[str, int, int], sent_at: float) -> None:
-    seq = UserSequence.from_dict(sequences[ev.user_id])
-    if not seq.add(ev, settings.sequence_length, source):
-        stats.duplicates += 1
-        return
-    kind = "purchase" if isinstance(ev, PurchaseEvent) else "click"
-    fire = policy.on_event(kind, seq.clicks_since_rec, ev.ts)
-    if fire:
-        seq.clicks_since_rec = 0
-    sequences[ev.user_id] = seq.to_dict()
-    stats.processed += 1
-    idle.touch(ev.user_id, ev.event_id, answered=fire)
-    if fire:
-        spawn(publish_recommendation(ev.user_id, seq, ev.event_id, sent_at))
+def apply_events(user_id: str, events: list[tuple[ClickEvent | PurchaseEvent, Any, Any]]) -> None:
+    """Apply one shopper's events (in arrival order) and write the sequence once."""
+    seq = UserSequence.from_dict(sequences[user_id])
+    changed = False
+    for ev, msg, _ in events:
+        if not seq.add(ev, settings.sequence_length, (msg.topic, msg.partition, msg.offset)):
+            stats.duplicates += 1
+            continue
+        changed = True
+        kind = "purchase" if isinstance(ev, PurchaseEvent) else "click"
+        fire = policy.on_event(kind, seq.clicks_since_rec, ev.ts)
+        if fire:
+            seq.clicks_since_rec = 0
+        stats.processed += 1
+        idle.touch(user_id, ev.event_id, answered=fire)
+        if fire:  # the sequence as it stood after this event, not after the whole batch
+            spawn(publish_recommendation(user_id, replace(seq, events=list(seq.events)), ev.event_id,
+                                         msg.timestamp))
+    if changed:
+        write_sequence(user_id, seq.to_dict(), events[-1][2])
+
+
+def write_sequence(user_id: str, value: dict, event: Any) -> None:
+    """``sequences[user_id] = value`` as if while iterating ``event`` (the shopper's last in
+    the batch): Faust takes the changelog partition and, with RocksDB, the partition's store
+    from the event being iterated, which a batch consumer has to name itself."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        sequences[user_id] = value
+    finally:
+        _current_event.reset(token)
 
 
 # Recommendations run beside the stream, never inside it: the agent goes on with the next
@@ -204,5 +236,7 @@ async def stats_page(web, request):
 
 
 @app.page("/users/{user_id}/")
+@app.table_route(table=sequences, match_info="user_id")
 async def user_page(web, request, user_id: str):
+    """A shopper's sequence, from whichever worker of the group owns it."""
     return web.json(sequences.get(user_id) or {})

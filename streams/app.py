@@ -8,7 +8,7 @@ reads the same settings.
 from __future__ import annotations
 
 from stylestream.config import Settings
-from stylestream.faust_app import faust_app
+from stylestream.faust_app import faust_app, key_as_record_key
 from stylestream.records import CATALOG, CLICKS, DLQ, PURCHASES, RECS
 
 settings = Settings.from_env()
@@ -21,8 +21,8 @@ dlq_topic = app.topic(DLQ, key_serializer="raw", value_serializer="raw")
 catalog_topic = app.topic(CATALOG, key_serializer="raw", value_serializer="raw")
 
 # Values are plain JSON dicts (see streams.sequence_table), readable by any Kafka client.
-sequences = app.Table("sequences", default=dict, partitions=settings.topic_partitions,
-                      help="rolling per-user event sequence")
+sequences = key_as_record_key(app.Table("sequences", default=dict, partitions=settings.topic_partitions, key_type=str,
+                                        help="rolling per-user event sequence"))
 
 # Every worker's copy of what the catalog offers (item_id -> {"available", "ts"}): the
 # in-process fast path leaves out what the catalog deleted or sold out, as Milvus does.

@@ -48,9 +48,19 @@ class Settings:
     worker_id: str = setting("worker-1", "static group member id of a stream worker (KIP-345): "
                                          "a restarted worker takes its partitions back at once")
     worker_web_bind: str = setting("127.0.0.1", "address the worker's web view binds (0.0.0.0 in a pod)")
+    worker_web_host: str = setting("127.0.0.1", "address other workers reach this one's web view at (the pod IP "
+                                                "in a cluster): /users/<id>/ is routed to the worker owning <id>")
+    table_store: str = setting("rocksdb", "where a worker keeps its table partitions: rocksdb (on disk under home, "
+                                          "recovery reads only the changelog written since) or memory (rebuilt from "
+                                          "the whole changelog at every start)")
+    table_standby_replicas: int = setting(0, "standby copies of each table partition kept warm on other workers "
+                                             "(1 in a cluster: a failed worker's shoppers move without a rebuild)")
     worker_web_port: int = setting(6066, "Faust worker web port (stats, sequences)")
     fetch_idle_wait_ms: float = setting(5.0, "minimum time an empty fetch takes (client-side); stops idle spinning "
                                              "on brokers that ignore fetch.max.wait.ms (noida-db); 0 = off")
+    stream_batch_max_events: int = setting(500, "stream worker: most events applied as one batch (each shopper's "
+                                                "table value is written once per batch)")
+    stream_batch_wait_ms: float = setting(10.0, "stream worker: longest wait for a batch to fill")
     producer_linger_ms: float = setting(2.0,
                                         "how long the worker's producer batches sends (table changelog, recs.out)")
     commit_interval: float = setting(1.0, "seconds between offset commits")
@@ -107,6 +117,8 @@ class Settings:
     def validate(self) -> None:
         if self.broker not in ("noida", "tansu"):
             raise ConfigError(f"{env_name('broker')} must be 'noida' or 'tansu', not {self.broker!r}")
+        if self.table_store not in ("rocksdb", "memory"):
+            raise ConfigError(f"{env_name('table_store')} must be rocksdb or memory, not {self.table_store!r}")
         if self.recommender not in ("auto", "serving", "id-only", "baseline"):
             raise ConfigError(f"{env_name('recommender')} must be auto, serving, id-only or baseline, "
                               f"not {self.recommender!r}")
@@ -127,7 +139,7 @@ class Settings:
             raise ConfigError(f"{env_name('gen_max_batch_size')} must be 0 (auto) or more, "
                               f"not {self.gen_max_batch_size}")
         for name in ("topic_partitions", "sequence_length", "recs_k", "serving_max_in_flight",
-                     "retriever_replicas", "max_request_history", "index_batch_size"):
+                     "stream_batch_max_events", "retriever_replicas", "max_request_history", "index_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{env_name(name)} must be at least 1, not {getattr(self, name)}")
 

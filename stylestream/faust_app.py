@@ -13,6 +13,17 @@ from stylestream.records import DeadLetter
 
 log = logging.getLogger(__name__)
 
+def key_as_record_key(table: Any) -> Any:
+    """Store and send ``table``'s keys (``str``) as the producers' record keys, raw UTF-8
+    rather than JSON: so a changelog record hashes to the partition its events came from and
+    ``@app.table_route`` finds the worker that owns a key. Faust derives a table's key
+    serializer from its key type (``json`` for ``str``) and takes no parameter for it; it is
+    read when the store is made, at start; the changelog topic, made with the table, is
+    derived anew."""
+    table.key_serializer = "raw"
+    table.changelog_topic = table.changelog_topic.derive(key_serializer="raw")
+    return table
+
 
 def faust_app(app_id: str, settings: Settings, web_port: int) -> faust.App:
     """One Faust app on the configured broker: memory tables backed by changelog topics,
@@ -23,15 +34,17 @@ def faust_app(app_id: str, settings: Settings, web_port: int) -> faust.App:
     # Debug records from the clients cost ~6% of a busy worker even when nothing prints them.
     for name in ("aiokafka", "faust", "mode"):
         logging.getLogger(name).setLevel(max(logging.INFO, logging.getLevelName(settings.log_level.upper())))
-    datadir = settings.home / "faust" / app_id
+    # one folder per worker: RocksDB locks its files, and two workers of a group may share a host
+    datadir = settings.home / "faust" / app_id / settings.worker_id
     datadir.parent.mkdir(parents=True, exist_ok=True)
     return faust.App(
         app_id,
         broker=f"kafka://{settings.kafka_bootstrap_servers or '127.0.0.1:9092'}",
-        store="memory://",
+        store=f"{settings.table_store}://",
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=1,
-        table_standby_replicas=0,
+        table_standby_replicas=settings.table_standby_replicas,
+        canonical_url=f"http://{settings.worker_web_host}:{web_port}",
         broker_session_timeout=settings.session_timeout,
         broker_heartbeat_interval=1,
         broker_commit_interval=settings.commit_interval,
