@@ -16,6 +16,7 @@ import pandas as pd
 from pydantic import ValidationError
 from tqdm.auto import tqdm
 
+from stylestream.kafka_security import PLAINTEXT, KafkaSecurity
 from stylestream.records import CATALOG, CatalogUpdate, summarise
 
 COLUMNS = ("item_id", "title", "category", "brand", "colour", "price", "in_stock")
@@ -71,12 +72,13 @@ def catalog_updates(frame: pd.DataFrame, ts: float) -> Iterator[CatalogUpdate]:
 
 
 def publish_catalog(frame: pd.DataFrame, bootstrap: str, ts: float | None = None, rate: float = 0.0,
-                    progress: bool = True) -> int:
+                    progress: bool = True, security: KafkaSecurity = PLAINTEXT) -> int:
     """Produce every row to ``catalog.updates`` (key ``item_id``); ``rate`` records/s, 0 = flat out."""
     from kafka import KafkaProducer
 
     ts = time.time() if ts is None else ts
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, acks=1, batch_size=256 * 1024)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, acks=1, batch_size=256 * 1024,
+                             **security.kafka_python())
     sent, started = 0, time.monotonic()
     try:
         for update in tqdm(catalog_updates(frame, ts), total=len(frame), desc="catalog.updates", unit="item",

@@ -25,14 +25,38 @@ api = FastAPI(title="stylestream", summary="Next-item fashion recommendations: L
 limits = {"max_body_bytes": 256 * 1024}  # this replica's, set by Ingress.__init__
 
 
-@api.middleware("http")
-async def refuse_large_bodies(request: Request, call_next: Any) -> Any:
-    """413 before the body is read, when its declared length is over the limit."""
-    size = request.headers.get("content-length")
-    if size is not None and size.isdigit() and int(size) > limits["max_body_bytes"]:
-        return JSONResponse({"detail": f"body of {size} bytes; at most {limits['max_body_bytes']} are accepted"},
-                            status_code=413)
-    return await call_next(request)
+class BodyLimit:
+    """413 for a body over the limit, before it is parsed: at once when its declared length
+    is over, and as soon as a chunked body without a length passes it."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = limits["max_body_bytes"]
+        size = dict(scope["headers"]).get(b"content-length", b"")
+        if size.isdigit() and int(size) > limit:
+            return await too_large(int(size), limit)(scope, receive, send)
+        seen = 0
+
+        async def counted() -> dict:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise HTTPException(413, f"body of more than {limit} bytes; at most {limit} are accepted")
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def too_large(size: int, limit: int) -> JSONResponse:
+    return JSONResponse({"detail": f"body of {size} bytes; at most {limit} are accepted"}, status_code=413)
+
+
+api.add_middleware(BodyLimit)
 
 
 @api.exception_handler(RequestValidationError)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pandas as pd
 from kafka import KafkaProducer
 
+from stylestream.kafka_security import PLAINTEXT, KafkaSecurity
 from stylestream.records import CLICKS, PURCHASES
 
 
@@ -46,14 +47,14 @@ def event_records(interactions: pd.DataFrame, id_prefix: str) -> Iterator[tuple[
 def replay(interactions: pd.DataFrame, bootstrap: str, id_prefix: str, rate: float = 0.0,
            progress: ReplayProgress | None = None, stop: threading.Event | None = None,
            on_send: Callable[[str, bytes, bytes], None] | None = None, speed: float = 0.0,
-           before_send: Callable[[], None] | None = None) -> ReplayProgress:
+           before_send: Callable[[], None] | None = None, security: KafkaSecurity = PLAINTEXT) -> ReplayProgress:
     """Produce every interaction; ``rate`` events/s, or ``speed`` × the log's own event times
     (0 = as fast as the producer goes). ``before_send`` may block: back-pressure from the
     consumer side ("as fast as the system takes them")."""
     progress = progress or ReplayProgress()
     progress.total, progress.started = len(interactions), time.monotonic()
     times = interactions["ts"].astype("int64").to_numpy() / 1e3 if len(interactions) else []
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks=1)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks=1, **security.kafka_python())
     try:
         for topic, key, value in event_records(interactions, id_prefix):
             if stop is not None and stop.is_set():

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from stylestream.config import ConfigError, Settings, documented_settings
+from stylestream.kafka_security import KafkaSecurity
 
 app = typer.Typer(help="stylestream: streaming fashion recommendations (LLM + mix-up retrieval) on Kafka.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -341,7 +342,8 @@ def replay_cmd(
         return
     frames = dict(zip(("train", "val", "test"), data.parts(), strict=True), all=data.interactions)
     started = time.monotonic()
-    result = replay(frames[period], s.kafka_bootstrap_servers, data.data_hash()[:8], rate=rate, speed=speed)
+    result = replay(frames[period], s.kafka_bootstrap_servers, data.data_hash()[:8], rate=rate, speed=speed,
+                    security=KafkaSecurity.of(s))
     console.print(f"replayed {result.sent:,} events in {time.monotonic() - started:.1f} s ({result.rate:,.0f}/s)")
 
 
@@ -622,7 +624,7 @@ def catalog_publish_cmd(
     if limit:
         frame = frame.head(limit)
     started = time.monotonic()
-    sent = publish_catalog(frame, s.kafka_bootstrap_servers, ts=ts, rate=rate)
+    sent = publish_catalog(frame, s.kafka_bootstrap_servers, ts=ts, rate=rate, security=KafkaSecurity.of(s))
     console.print(f"published {sent:,} catalog updates in {time.monotonic() - started:.1f} s")
 
 

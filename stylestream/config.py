@@ -14,12 +14,15 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 PREFIX = "STYLESTREAM_"
-PLAIN_NAMES = {"kafka_bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS", "milvus_uri": "MILVUS_URI"}
+PLAIN_NAMES = {name: name.upper() for name in (
+    "kafka_bootstrap_servers", "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
+    "kafka_sasl_password", "kafka_ssl_cafile", "milvus_uri", "milvus_token")}
 
 
-def setting(default: Any, doc: str) -> Any:
-    """A settings field whose ``doc`` feeds the README table and ``stylestream config``."""
-    return field(default=default, metadata={"doc": doc})
+def setting(default: Any, doc: str, secret: bool = False) -> Any:
+    """A settings field whose ``doc`` feeds the README table and ``stylestream config``; a
+    ``secret`` one is left out of reprs and shown masked."""
+    return field(default=default, repr=not secret, metadata={"doc": doc, "secret": secret})
 
 
 class ConfigError(ValueError):
@@ -32,6 +35,13 @@ class Settings:
 
     home: Path = setting(Path(".stylestream"), "working folder: data, bundle, broker files, Milvus Lite data, logs")
     kafka_bootstrap_servers: str = setting("", "external Kafka; empty = start the embedded broker")
+    kafka_security_protocol: str = setting("PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (Strimzi's "
+                                                        "SCRAM listener); every Kafka client of stylestream uses it")
+    kafka_sasl_mechanism: str = setting("SCRAM-SHA-512", "SASL mechanism: SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN")
+    kafka_sasl_username: str = setting("", "SASL user (Strimzi: the KafkaUser's name)")
+    kafka_sasl_password: str = setting("", "SASL password (from a Secret; never logged)", secret=True)
+    kafka_ssl_cafile: str = setting("", "CA certificate to trust for TLS (Strimzi: the cluster CA's ca.crt); "
+                                        "empty = the system's")
     broker: str = setting("noida", "embedded broker: noida (persistent, exact offsets) or tansu (memory, fast)")
     milvus_uri: str = setting("", "external Milvus; empty = the embedded Milvus Lite server (data under home)")
     topic_partitions: int = setting(4, "partitions of the event topics and of the table changelog")
@@ -92,7 +102,8 @@ class Settings:
     retriever_replicas: int = setting(1, "Retriever replicas (title encoder, SASRec, Milvus search)")
     max_request_history: int = setting(200, "most history events a /recommend request may carry")
     milvus_collection: str = setting("stylestream_items", "Milvus alias of the live item collection")
-    milvus_token: str = setting("", "Milvus token (user:password or API key) for a secured server")
+    milvus_token: str = setting("", "Milvus token (user:password or API key) for a secured server; never logged",
+                                secret=True)
     index_batch_size: int = setting(256, "indexer: most catalog updates written to Milvus in one upsert")
     index_batch_wait_ms: float = setting(200.0, "indexer: longest wait for a batch to fill (an update is searchable "
                                                 "this long after it arrives, plus the write)")
@@ -117,6 +128,9 @@ class Settings:
     def validate(self) -> None:
         if self.broker not in ("noida", "tansu"):
             raise ConfigError(f"{env_name('broker')} must be 'noida' or 'tansu', not {self.broker!r}")
+        if self.kafka_security_protocol.upper() != "PLAINTEXT" and not self.kafka_bootstrap_servers:
+            raise ConfigError(f"{env_name('kafka_security_protocol')}={self.kafka_security_protocol} needs "
+                              f"{env_name('kafka_bootstrap_servers')}: the embedded broker speaks PLAINTEXT only")
         if self.table_store not in ("rocksdb", "memory"):
             raise ConfigError(f"{env_name('table_store')} must be rocksdb or memory, not {self.table_store!r}")
         if self.recommender not in ("auto", "serving", "id-only", "baseline"):
@@ -174,3 +188,7 @@ def _parse(name: str, raw: str, kind: Any) -> Any:
 def documented_settings() -> list[tuple[str, str, str]]:
     """(variable, default, meaning) rows for the README and ``stylestream config``."""
     return [(env_name(f.name), str(f.default), f.metadata.get("doc", "")) for f in fields(Settings)]
+
+
+def is_secret(field_name: str) -> bool:
+    return any(f.name == field_name and f.metadata.get("secret") for f in fields(Settings))

@@ -9,6 +9,7 @@ from typing import Any
 import faust
 
 from stylestream.config import Settings
+from stylestream.kafka_security import KafkaSecurity
 from stylestream.records import DeadLetter
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ def faust_app(app_id: str, settings: Settings, web_port: int) -> faust.App:
     return faust.App(
         app_id,
         broker=f"kafka://{settings.kafka_bootstrap_servers or '127.0.0.1:9092'}",
+        broker_credentials=KafkaSecurity.of(settings).faust_credentials(),
         store=f"{settings.table_store}://",
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=1,

@@ -21,6 +21,7 @@ from stylestream.config import Settings
 from stylestream.devstack.broker import EmbeddedBroker
 from stylestream.devstack.milvus import EmbeddedMilvus, running_endpoint
 from stylestream.devstack.processes import free_port, spawn, stop, wait_until
+from stylestream.kafka_security import KafkaSecurity
 from stylestream.topics import ensure_topics
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class DevStack:
     def start_broker(self) -> str:
         if not self.settings.kafka_bootstrap_servers:
             self.broker = EmbeddedBroker(self.settings.broker, self.settings.home / "broker").start()
-        ensure_topics(self.bootstrap, self.settings.topic_partitions)
+        ensure_topics(self.bootstrap, self.settings.topic_partitions, security=KafkaSecurity.of(self.settings))
         return self.bootstrap
 
     # -- stream workers ------------------------------------------------------------------

@@ -44,8 +44,6 @@ K8S_VERSION = "1.33.0"
 BUNDLE = "/models/bundle"
 CORE_GROUPS = {"v1", "apps/v1", "policy/v1", "networking.k8s.io/v1", "batch/v1", "rbac.authorization.k8s.io/v1"}
 # settings the coordinator is adding to stylestream/config.py alongside this deployment
-NEW_SETTINGS = {"STYLESTREAM_TABLE_STORE", "KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME",
-                "KAFKA_SASL_PASSWORD", "KAFKA_SSL_CAFILE", "MILVUS_TOKEN"}
 DAY_MS = 86_400_000
 
 
@@ -317,7 +315,7 @@ def test_serve_config_v2_is_what_serve_config_writes(overlay):
 
 def test_config_map_names_only_known_settings(overlay):
     data = config(render(overlay))
-    known = {name for name, _, _ in documented_settings()} | NEW_SETTINGS
+    known = {name for name, _, _ in documented_settings()}
     assert set(data) - known == set()
     settings = Settings.from_env(env=data)
     assert str(settings.home) == "/var/lib/stylestream"
@@ -411,8 +409,7 @@ def test_workers_and_indexer(overlay):
         assert container["envFrom"] == [{"configMapRef": {"name": "stylestream-config"}}]
         env = env_of(container)
         assert env["STYLESTREAM_WORKER_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
-        for name in ("MILVUS_TOKEN", "STYLESTREAM_MILVUS_TOKEN"):
-            assert env[name]["valueFrom"]["secretKeyRef"] == {"name": "milvus-token", "key": "token"}
+        assert env["MILVUS_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "milvus-token", "key": "token"}
         assert container["ports"] == [{"name": "web", "containerPort": port}]
         readiness = " ".join(container["readinessProbe"]["exec"]["command"])
         assert f"127.0.0.1:{port}/stats/" in readiness and "'ready'" in readiness

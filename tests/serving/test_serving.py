@@ -4,6 +4,7 @@ two Retriever replicas beside a writing client, and a rollout without a failed r
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -110,6 +111,37 @@ def test_fuzzed_bodies_get_an_answer_or_a_4xx_never_a_5xx(served, body):
     else:
         valid = RecommendBody.model_validate(body)
         assert answer["user_id"] == valid.user_id and len(answer["items"]) <= valid.k
+
+
+def test_a_chunked_body_over_the_limit_is_refused_before_it_is_parsed(served):
+    import http.client
+    from urllib.parse import urlsplit
+
+    url = urlsplit(served.serving_url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+    chunks = (b"[" + b"1," * 50_000 for _ in range(4))  # 400 kB, no Content-Length
+    conn.request("POST", "/recommend", body=chunks, headers={"content-type": "application/json"},
+                 encode_chunked=True)
+    answer = conn.getresponse()
+    assert answer.status == 413 and b"at most" in answer.read()
+    conn.close()
+    assert get(served.serving_url, "/healthz")["status"] == "ok"
+
+
+def test_serve_dashboard_and_milvus_listen_on_loopback_only(served):
+    import psutil
+
+    def listeners(port: int) -> set[str]:
+        return {c.laddr.ip for c in psutil.net_connections(kind="inet")
+                if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+
+    def loopback(ip: str) -> bool:
+        address = ipaddress.ip_address(ip)
+        return (getattr(address, "ipv4_mapped", None) or address).is_loopback
+
+    milvus_port = int(served.milvus_uri.rsplit(":", 1)[1])
+    for port in (served.settings.serve_port, served.settings.ray_dashboard_port, milvus_port):
+        assert listeners(port) and all(loopback(ip) for ip in listeners(port)), (port, listeners(port))
 
 
 def test_in_cluster_callers_use_a_deployment_handle(served, tiny_bundle):

@@ -164,3 +164,19 @@ def test_a_fuzzed_mix_of_events_is_conserved_and_nothing_malformed_enters_a_sequ
         assert all(len(e[0]) < 32 and 1.8e9 <= e[3] < 1.9e9 for e in seq["events"]), "only good events"
     assert applied == 2_000 - duplicates
     assert worker.proc.poll() is None
+
+
+def listeners(port: int) -> set[str]:
+    """The addresses a TCP port on this machine listens on."""
+    import psutil
+
+    return {c.laddr.ip for c in psutil.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+
+
+def test_broker_and_worker_listen_on_loopback_only(stack_factory):
+    stack = stack_factory()
+    stack.start_broker()
+    worker = stack.start_worker()
+    assert listeners(int(stack.bootstrap.rsplit(":", 1)[1])) == {"127.0.0.1"}
+    assert listeners(worker.web_port) == {"127.0.0.1"}
