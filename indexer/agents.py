@@ -18,7 +18,8 @@ from typing import Any
 from indexer.app import app, catalog_topic, deleted_at, dlq_topic, settings
 from indexer.collection import connect
 from indexer.sync import CatalogSync, SyncReport
-from stylestream.faust_app import send_dead_letter
+from stylestream.faust_app import processing, send_dead_letter
+from stylestream.metrics import IndexerMetrics, exposition
 from stylestream.records import BadRecord, CatalogUpdate, parse_catalog_update
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class Stats:
 
 
 stats = Stats()
+metrics = IndexerMetrics(app, stats)  # /metrics: reads stats at scrape time
 _sync: CatalogSync | None = None
 
 
@@ -64,19 +66,22 @@ def _embedded_uri() -> str:
 async def apply_catalog_updates(stream):
     async for events in stream.take_events(settings.index_batch_size, within=settings.index_batch_wait_ms / 1000):
         updates: list[CatalogUpdate] = []
+        read_in: dict[str, Any] = {}  # item_id -> the event its last update came in
         for event in events:
             stats.read += 1
             msg = event.message
             try:
                 updates.append(parse_catalog_update(msg.value, msg.key))
+                read_in[updates[-1].item_id] = event
             except BadRecord as exc:
                 await dead_letter(msg, str(exc))
         if updates:
-            await write(updates)
+            await write(updates, read_in)
 
 
-async def write(updates: list[CatalogUpdate]) -> None:
-    """Apply one batch, retrying until Milvus takes it; then remember its deletes."""
+async def write(updates: list[CatalogUpdate], read_in: dict[str, Any]) -> None:
+    """Apply one batch, retrying until Milvus takes it; then remember its deletes (each on the
+    partition its update came from)."""
     tombstones = {u.item_id: deleted_at[u.item_id] for u in updates if deleted_at.get(u.item_id) is not None}
     delay = 0.5
     while True:
@@ -84,7 +89,9 @@ async def write(updates: list[CatalogUpdate]) -> None:
             loop = asyncio.get_running_loop()
             started = loop.time()
             report: SyncReport = await asyncio.to_thread(sync().apply, updates, tombstones)
-            stats.last_write_ms = round(1000 * (loop.time() - started), 1)
+            took = loop.time() - started
+            stats.last_write_ms = round(1000 * took, 1)
+            metrics.batch_seconds.observe(took)
             break
         except Exception as exc:  # noqa: BLE001 - Milvus down, alias missing: wait and retry the same batch
             stats.retries += 1
@@ -92,7 +99,8 @@ async def write(updates: list[CatalogUpdate]) -> None:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
     for item, ts in report.deleted_at.items():
-        deleted_at[item] = ts
+        with processing(read_in[item]):
+            deleted_at[item] = ts
     stats.batches += 1
     stats.applied += report.applied
     stats.upserted += report.upserted
@@ -121,3 +129,9 @@ async def stats_page(web, request):
     ready = (app.tables.recovery.completed.is_set() and not app.rebalancing and not app.in_recovery
              and _sync is not None)
     return web.json({**vars(stats), "ready": ready})
+
+
+@app.page("/metrics")
+async def metrics_page(web, request):
+    """Prometheus text format (stylestream.metrics): updates by op, batch time, lag."""
+    return await exposition(web, metrics)

@@ -10,19 +10,17 @@ import asyncio
 import logging
 import time
 import uuid
-import weakref
 from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from faust.streams import _current_event  # Faust's own binding of the event being processed
-
 from streams.app import app, catalog_state, catalog_topic, dlq_topic, events_topic, recs_topic, sequences, settings
 from streams.sequence_table import UserSequence
 from streams.trigger import IdleTracker, TriggerPolicy
 from stylestream.config import ConfigError, Settings
-from stylestream.faust_app import send_dead_letter
+from stylestream.faust_app import processing, send_dead_letter
+from stylestream.metrics import StreamMetrics, exposition
 from stylestream.recommender import HistoryItem, Recommender, RecommendRequest
 from stylestream.records import (
     BadRecord,
@@ -152,19 +150,15 @@ def apply_events(user_id: str, events: list[tuple[ClickEvent | PurchaseEvent, An
 
 
 def write_sequence(user_id: str, value: dict, event: Any) -> None:
-    """``sequences[user_id] = value`` as if while iterating ``event`` (the shopper's last in
-    the batch): Faust takes the changelog partition and, with RocksDB, the partition's store
-    from the event being iterated, which a batch consumer has to name itself."""
-    token = _current_event.set(weakref.ref(event))
-    try:
+    """``sequences[user_id] = value`` on the partition of ``event``, the shopper's last in the batch."""
+    with processing(event):
         sequences[user_id] = value
-    finally:
-        _current_event.reset(token)
 
 
 # Recommendations run beside the stream, never inside it: the agent goes on with the next
 # event while the LLM path answers (or its deadline passes and the fast path does).
 pending: set[asyncio.Task] = set()
+metrics = StreamMetrics(app, stats, pending)  # /metrics: reads stats and pending at scrape time
 
 
 def spawn(job: Coroutine[Any, Any, None]) -> None:
@@ -183,13 +177,15 @@ async def publish_recommendation(user_id: str, seq: UserSequence, trigger_event_
     history = [HistoryItem(e.item_id, e.kind, e.ts) for e in seq.events]
     result = await recommender().recommend(RecommendRequest(user_id, history, settings.recs_k))
     now = time.time()
+    latency = max(0.0, now - since)
     out = Recommendation(request_id=uuid.uuid4().hex, user_id=user_id, trigger_event_id=trigger_event_id,
                          items=result.items, generated_text=result.generated_text,
                          model_version=result.model_version or recommender().model_version, path=result.path,
-                         produced_at=now, latency_ms=round(max(0.0, now - since) * 1000, 3))
+                         produced_at=now, latency_ms=round(latency * 1000, 3))
     await recs_topic.send(key=user_id.encode(), value=out.to_bytes())
     stats.recs_published += 1
     stats.recs_by_path[result.path] += 1
+    metrics.observe_latency(result.path, latency)
 
 
 async def dead_letter(message: Any, reason: str) -> None:
@@ -233,6 +229,12 @@ async def stats_page(web, request):
     return web.json({**vars(stats), "recs_pending": len(pending), "ready": ready,
                      "serving": serving() if serving is not None else None,
                      "recommender": _recommender.model_version if _recommender is not None else None})
+
+
+@app.page("/metrics")
+async def metrics_page(web, request):
+    """Prometheus text format (stylestream.metrics): the counters of /stats/, latency, lag."""
+    return await exposition(web, metrics)
 
 
 @app.page("/users/{user_id}/")

@@ -4,9 +4,13 @@ settings and the way a bad record goes to the dead-letter topic."""
 from __future__ import annotations
 
 import logging
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import faust
+from faust.streams import _current_event  # Faust's own binding of the event being processed
 
 from stylestream.config import Settings
 from stylestream.kafka_security import KafkaSecurity
@@ -62,6 +66,18 @@ def faust_app(app_id: str, settings: Settings, web_port: int) -> faust.App:
         datadir=str(datadir),
         autodiscover=False,
     )
+
+
+@contextmanager
+def processing(event: Any) -> Iterator[None]:
+    """Table writes inside act as if ``event`` were being iterated: Faust takes a write's
+    changelog partition (and, with RocksDB, the partition's store) from the current event,
+    which a batch consumer (``stream.take_events``) has to name itself."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
 
 
 async def send_dead_letter(dlq: Any, message: Any, reason: str) -> None:
