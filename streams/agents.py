@@ -15,7 +15,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from streams.app import app, catalog_state, catalog_topic, dlq_topic, events_topic, recs_topic, sequences, settings
+from streams.app import app, catalog_state, catalog_topic, dlq_topic, events_topic, sequences, settings
 from streams.sequence_table import UserSequence
 from streams.trigger import IdleTracker, TriggerPolicy
 from stylestream.config import ConfigError, Settings
@@ -23,6 +23,7 @@ from stylestream.faust_app import processing, send_dead_letter
 from stylestream.metrics import StreamMetrics, exposition
 from stylestream.recommender import HistoryItem, Recommender, RecommendRequest
 from stylestream.records import (
+    RECS,
     BadRecord,
     ClickEvent,
     PurchaseEvent,
@@ -129,7 +130,7 @@ async def apply_batch(batch: list[Any]) -> None:
 
 def apply_events(user_id: str, events: list[tuple[ClickEvent | PurchaseEvent, Any, Any]]) -> None:
     """Apply one shopper's events (in arrival order) and write the sequence once."""
-    seq = UserSequence.from_dict(sequences[user_id])
+    seq = UserSequence.from_bytes(sequences[user_id])
     changed = False
     for ev, msg, _ in events:
         if not seq.add(ev, settings.sequence_length, (msg.topic, msg.partition, msg.offset)):
@@ -146,10 +147,10 @@ def apply_events(user_id: str, events: list[tuple[ClickEvent | PurchaseEvent, An
             spawn(publish_recommendation(user_id, replace(seq, events=list(seq.events)), ev.event_id,
                                          msg.timestamp))
     if changed:
-        write_sequence(user_id, seq.to_dict(), events[-1][2])
+        write_sequence(user_id, seq.to_bytes(), events[-1][2])
 
 
-def write_sequence(user_id: str, value: dict, event: Any) -> None:
+def write_sequence(user_id: str, value: bytes, event: Any) -> None:
     """``sequences[user_id] = value`` on the partition of ``event``, the shopper's last in the batch."""
     with processing(event):
         sequences[user_id] = value
@@ -182,7 +183,8 @@ async def publish_recommendation(user_id: str, seq: UserSequence, trigger_event_
                          items=result.items, generated_text=result.generated_text,
                          model_version=result.model_version or recommender().model_version, path=result.path,
                          produced_at=now, latency_ms=round(latency * 1000, 3))
-    await recs_topic.send(key=user_id.encode(), value=out.to_bytes())
+    # straight to the producer: Faust's Topic.send adds a channel and callbacks per record
+    await app.producer.send(RECS, user_id.encode(), out.to_bytes(), partition=None, timestamp=None, headers=None)
     stats.recs_published += 1
     stats.recs_by_path[result.path] += 1
     metrics.observe_latency(result.path, latency)
@@ -216,7 +218,7 @@ async def follow_catalog(stream):
 @app.timer(interval=1.0)
 async def idle_triggers() -> None:
     for user_id, event_id in idle.due():
-        seq = UserSequence.from_dict(sequences.get(user_id))
+        seq = UserSequence.from_bytes(sequences.get(user_id))
         if seq.events:
             spawn(publish_recommendation(user_id, seq, event_id, time.time()))
 
@@ -241,4 +243,4 @@ async def metrics_page(web, request):
 @app.table_route(table=sequences, match_info="user_id")
 async def user_page(web, request, user_id: str):
     """A shopper's sequence, from whichever worker of the group owns it."""
-    return web.json(sequences.get(user_id) or {})
+    return web.bytes(sequences.get(user_id) or b"{}", content_type="application/json")

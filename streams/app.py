@@ -20,9 +20,9 @@ recs_topic = app.topic(RECS, key_serializer="raw", value_serializer="raw")
 dlq_topic = app.topic(DLQ, key_serializer="raw", value_serializer="raw")
 catalog_topic = app.topic(CATALOG, key_serializer="raw", value_serializer="raw")
 
-# Values are plain JSON dicts (see streams.sequence_table), readable by any Kafka client.
-sequences = key_as_record_key(app.Table("sequences", default=dict, partitions=settings.topic_partitions, key_type=str,
-                                        help="rolling per-user event sequence"))
+# Values are JSON bytes (see streams.sequence_table), readable by any Kafka client.
+sequences = key_as_record_key(app.Table("sequences", default=bytes, partitions=settings.topic_partitions, key_type=str,
+                                        value_type=bytes, help="rolling per-user event sequence"))
 
 # Every worker's copy of what the catalog offers (item_id -> {"available", "ts"}): the
 # in-process fast path leaves out what the catalog deleted or sold out, as Milvus does.

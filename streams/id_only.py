@@ -78,8 +78,8 @@ class IdOnlyRecommender:
         """Synchronous: one batched SASRec forward and one matrix product for all requests."""
         histories = [History.of([h.item_id for h in r.history], [h.kind for h in r.history]) for r in requests]
         ranked = self.rec.recommend_id_only(histories, k=max(r.k for r in requests) + OVERFETCH)
-        return [RecommendResult(items=[RecItem(item_id=h.item_id, score=round(h.score, 6),
-                                               title=self.titles.get(h.item_id, ""))
+        return [RecommendResult(items=[RecItem.model_construct(item_id=h.item_id, score=round(h.score, 6),
+                                                               title=self.titles.get(h.item_id, ""))
                                        for h in one.items if self.available(h.item_id)][:r.k],
                                 path=one.path, model_version=self.model_version)
                 for r, one in zip(requests, ranked, strict=True)]

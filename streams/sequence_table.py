@@ -1,7 +1,8 @@
 """The per-user rolling sequence: the value stored in the Faust table, one per shopper.
 
-Kept as a plain JSON-able dict in the table (so the changelog is readable by any
-Kafka client) and handled through :class:`UserSequence` everywhere else.
+Kept in the table as compact JSON bytes (so the changelog is readable by any Kafka client,
+and a write is serialised once, not once for the changelog and again for the store) and
+handled through :class:`UserSequence` everywhere else.
 Redeliveries are dropped twice over. After a crash, Kafka redelivers everything
 since the last committed offset; the value records, per source partition, the offset
 of the last event it applied, and it is written to the changelog in the same record
@@ -14,6 +15,7 @@ within the rolling window.
 from __future__ import annotations
 
 import bisect
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,3 +72,11 @@ class UserSequence:
         if not d:
             return cls()
         return cls([SeqEvent(*e) for e in d["events"]], d["n"], d["c"], d["t"], dict(d.get("o", {})))
+
+    def to_bytes(self) -> bytes:
+        """The table value: :meth:`to_dict` as compact JSON."""
+        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | None) -> UserSequence:
+        return cls.from_dict(json.loads(raw)) if raw else cls()

@@ -58,3 +58,11 @@ def test_idle_tracker_fires_once_after_quiet_period():
     assert idle.due(now=5) == []
     assert idle.due(now=11) == [("u", "c1")]
     assert idle.due(now=30) == []
+
+
+def test_table_value_is_compact_json_bytes():
+    seq = UserSequence()
+    seq.add(click(1), 10, ("events.clicks", 0, 4))
+    raw = seq.to_bytes()
+    assert raw.startswith(b'{"events":[["c1","i1","click",') and b" " not in raw
+    assert UserSequence.from_bytes(raw) == seq and UserSequence.from_bytes(b"") == UserSequence()
