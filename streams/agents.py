@@ -7,6 +7,7 @@ never stops for one.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
 import uuid
@@ -125,7 +126,20 @@ async def apply_batch(batch: list[Any]) -> None:
             continue
         by_user.setdefault(ev.user_id, []).append((ev, msg, event))
     for user_id, events in by_user.items():
-        apply_events(user_id, events)
+        apply_events(user_id, in_event_time(events))
+
+
+def in_event_time(events: list[tuple[ClickEvent | PurchaseEvent, Any, Any]]) -> list:
+    """A shopper's events of one batch merged across topics in event-time order: a click that
+    happened before a purchase but arrived after it (the two topics are read independently)
+    is in the sequence when the purchase triggers. Each partition's own order is kept, since
+    its offsets are the redelivery check."""
+    by_source: dict[tuple[str, int], list] = {}
+    for item in events:
+        by_source.setdefault((item[1].topic, item[1].partition), []).append(item)
+    if len(by_source) == 1:
+        return events
+    return list(heapq.merge(*by_source.values(), key=lambda item: item[0].ts))
 
 
 def apply_events(user_id: str, events: list[tuple[ClickEvent | PurchaseEvent, Any, Any]]) -> None:
