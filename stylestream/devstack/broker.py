@@ -11,9 +11,11 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import signal
 import stat
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from stylestream.devstack.processes import free_port, port_open, spawn, stop, wait_until
 
@@ -84,8 +86,41 @@ class EmbeddedBroker:
             log.info("stopped %s broker", self.kind)
             self.proc = None
 
+    def restart(self, timeout: float = 60.0) -> EmbeddedBroker:
+        """Start again on the same port and data folder (after ``kill`` or ``stop``)."""
+        self.stop()
+        return self.start(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: nothing flushed, nothing closed."""
+        if self.proc is not None:
+            stop(self.proc, signal.SIGKILL)
+            log.info("killed %s broker", self.kind)
+            self.proc = None
+
     def __enter__(self) -> EmbeddedBroker:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def remove_static_member(bootstrap: str, group: str, group_instance_id: str, security: Any = None) -> None:
+    """Take a static member (KIP-345) out of ``group`` by its ``group.instance.id`` (LeaveGroup
+    v3+): the group rebalances at once and the others take its partitions. An unknown member is
+    no error (it has left already)."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import MemberToRemove
+    from kafka.errors import UnknownMemberIdError
+
+    options = security.kafka_python() if security is not None else {}
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000, **options)
+    try:
+        result = admin.remove_group_members(group, [MemberToRemove(group_instance_id=group_instance_id)])
+    finally:
+        admin.close()
+    errors = {member: error for member, error in result.items()
+              if error.__name__ != "NoError" and error is not UnknownMemberIdError}
+    if errors:
+        raise BrokerError(f"could not remove {group_instance_id} from group {group}: {errors}")
+    log.info("removed static member %s from group %s", group_instance_id, group)

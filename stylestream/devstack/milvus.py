@@ -65,6 +65,14 @@ class EmbeddedMilvus:
             client.close()
         return True
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: Milvus Lite gets no chance to close its data."""
+        if self.proc is not None:
+            stop(self.proc, signal.SIGKILL)
+            (self.data_dir.parent / ENDPOINT).unlink(missing_ok=True)
+            log.info("killed the Milvus Lite server")
+            self.proc = None
+
     def stop(self) -> None:
         """SIGINT: Milvus Lite closes its data cleanly on it (SIGTERM would not)."""
         if self.proc is not None:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
 
 
 def _die_with_parent() -> None:
@@ -55,20 +56,33 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+class StartError(RuntimeError):
+    """A part of the stack did not start. ``summary``: one line for the user (the message
+    itself carries the log's tail as well)."""
+
+    def __init__(self, summary: str, log_path: Path | None = None):
+        self.summary = summary + (f" (log: {log_path})" if log_path is not None else "")
+        super().__init__(summary + _tail(log_path))
+
+
+class StartTimeout(StartError, TimeoutError):
+    """A part of the stack did not come up in time."""
+
+
 def wait_until(check: Callable[[], bool], timeout: float, what: str,
                proc: subprocess.Popen | None = None, log_path: Path | None = None) -> None:
     """Poll ``check`` until true; fail early with the log's tail if ``proc`` dies."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {proc.returncode}{_tail(log_path)}")
+            raise StartError(f"{what} exited with code {proc.returncode}", log_path)
         try:
             if check():
                 return
         except Exception:  # noqa: BLE001 - not up yet
             pass
         time.sleep(0.2)
-    raise TimeoutError(f"{what} did not come up within {timeout:.0f} s{_tail(log_path)}")
+    raise StartTimeout(f"{what} did not come up within {timeout:.0f} s", log_path)
 
 
 def port_open(host: str, port: int) -> bool:
@@ -90,3 +104,44 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def adopt_orphans() -> bool:
+    """Make this process the reaper of its orphaned descendants (Linux ``PR_SET_CHILD_SUBREAPER``):
+    a daemon that a child of ours starts, and outlives it, stays in our process tree instead of
+    moving to init, so it can still be found and stopped. False where not supported."""
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except OSError:
+        return False
+
+
+def descendants() -> list:
+    """This process's descendants (``psutil.Process``), children first."""
+    import psutil
+
+    return psutil.Process().children(recursive=True)
+
+
+def kill_processes(procs: list, timeout: float = 10.0) -> None:
+    """SIGTERM ``procs`` (``psutil.Process``), SIGKILL what is left after ``timeout``, and reap
+    those that were our children (adopted orphans included), so no zombie stays either."""
+    import psutil
+
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    for p in procs:
+        try:
+            os.waitpid(p.pid, os.WNOHANG)
+        except (ChildProcessError, OSError):
+            pass

@@ -18,9 +18,18 @@ from pathlib import Path
 from typing import Any
 
 from stylestream.config import Settings
-from stylestream.devstack.broker import EmbeddedBroker
+from stylestream.devstack.broker import EmbeddedBroker, remove_static_member
 from stylestream.devstack.milvus import EmbeddedMilvus, running_endpoint
-from stylestream.devstack.processes import free_port, spawn, stop, wait_until
+from stylestream.devstack.processes import (
+    adopt_orphans,
+    descendants,
+    free_port,
+    kill_processes,
+    port_open,
+    spawn,
+    stop,
+    wait_until,
+)
 from stylestream.kafka_security import KafkaSecurity
 from stylestream.topics import ensure_topics
 
@@ -28,7 +37,11 @@ log = logging.getLogger(__name__)
 
 
 class RayStartError(RuntimeError):
-    """Local Ray could not be started."""
+    """Local Ray could not be started (the message is one line)."""
+
+    @property
+    def summary(self) -> str:
+        return str(self)
 
 
 @dataclass
@@ -39,6 +52,11 @@ class Worker:
     web_port: int
     log_path: Path
     worker_id: str
+    group: str = "stylestream"  # the Faust app id: consumer group, and prefix of the static instance id
+
+    @property
+    def group_instance_id(self) -> str:
+        return f"{self.group}-{self.worker_id}"
 
     def get(self, path: str, timeout: float = 5.0) -> Any:
         return _get(f"http://127.0.0.1:{self.web_port}{path}", timeout)
@@ -58,6 +76,7 @@ class DevStack:
     milvus_uri: str = ""
     ray_started: bool = False
     serving_url: str = ""
+    ray_dashboard_url: str = ""
     workers_started: int = 0
 
     @property
@@ -69,6 +88,14 @@ class DevStack:
         if not self.settings.kafka_bootstrap_servers:
             self.broker = EmbeddedBroker(self.settings.broker, self.settings.home / "broker").start()
         ensure_topics(self.bootstrap, self.settings.topic_partitions, security=KafkaSecurity.of(self.settings))
+        return self.bootstrap
+
+    def restart_broker(self, timeout: float = 60.0) -> str:
+        """Start the embedded broker again on its port and data folder (after a crash, or
+        ``broker.kill()`` in a test); clients reconnect to the same address."""
+        if self.broker is None:
+            raise RuntimeError("no embedded broker to restart (KAFKA_BOOTSTRAP_SERVERS is external)")
+        self.broker.restart(timeout)
         return self.bootstrap
 
     # -- stream workers ------------------------------------------------------------------
@@ -119,7 +146,8 @@ class DevStack:
         env = self.worker_env(port, worker_id)
         env[port_variable] = str(port)
         proc = spawn([sys.executable, "-m", module, "worker", "-l", level], log_path, env=env, cwd=Path.cwd())
-        worker = Worker(proc, port, log_path, worker_id)
+        group = "stylestream-indexer" if module == "indexer" else "stylestream"
+        worker = Worker(proc, port, log_path, worker_id, group)
         try:
             wait_until(lambda: worker.stats()["ready"], timeout, f"{module} worker", proc, log_path)
         except BaseException:
@@ -128,11 +156,21 @@ class DevStack:
         log.info("%s worker %s pid %d ready (web 127.0.0.1:%d)", module, worker_id, proc.pid, port)
         return worker
 
-    def stop_worker(self, worker: Worker, kill: bool = False) -> None:
+    def stop_worker(self, worker: Worker, kill: bool = False, leave_group: bool = False) -> None:
+        """Stop (or SIGKILL) a worker. ``leave_group``: also take its static membership out of
+        the consumer group, so the other workers take its partitions now.
+
+        A static member leaves no group on its own (it is expected back under the same id);
+        Kafka drops it once its session times out, but noida-db never expires a session (a
+        dead member, leader or not, keeps its partitions until it rejoins), so a worker that
+        is not coming back must be removed by id (LeaveGroup v3, KIP-345)."""
         import signal
 
         stop(worker.proc, signal.SIGKILL if kill else signal.SIGTERM, timeout=30)
         self.workers.remove(worker)
+        if leave_group:
+            remove_static_member(self.bootstrap, worker.group, worker.group_instance_id,
+                                 KafkaSecurity.of(self.settings))
 
     # -- Milvus, Ray and the Serve application --------------------------------------------
     def start_milvus(self) -> str:
@@ -146,33 +184,70 @@ class DevStack:
         log.info("Milvus at %s", self.milvus_uri)
         return self.milvus_uri
 
-    def start_ray(self, attempts: int = 2) -> None:
-        """Local Ray with its dashboard on 127.0.0.1; a start that hangs is retried once.
+    def start_ray(self, gcs_wait_s: tuple[int, ...] = (60, 120)) -> None:
+        """Local Ray, its dashboard on 127.0.0.1; one attempt per ``gcs_wait_s`` entry (how long
+        to wait for the GCS to come up), each failed one cleaned up before the next.
 
-        On a busy 2-core machine Ray's head sometimes never comes up (its GCS never writes
-        its port file); a second, fresh attempt has come up every time it was tried.
+        On a busy 2-core machine Ray's start-up is slow: the GCS may not publish its port in
+        time, and the dashboard (a dozen Python processes) may miss Ray's 60 s start-up window
+        or die on start. So the dashboard is optional here (Ray and Serve run without it: one
+        warning line), the GCS gets a second, longer attempt, and every process a failed
+        attempt started, orphans included, is stopped before the retry and after the last:
+        nothing is left behind (a failed ``ray.init`` leaves its GCS and dashboard processes
+        running, and a retry beside them was seen to hang). A dashboard port already in use
+        fails at once with one line: a retry cannot help.
         """
-        import ray
-
+        port = self.settings.ray_dashboard_port
+        if port and port_open("127.0.0.1", port):
+            raise RayStartError(f"the Ray dashboard port 127.0.0.1:{port} is already in use (another Ray?): "
+                                f"set STYLESTREAM_RAY_DASHBOARD_PORT to a free port")
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # dashboard bound to 127.0.0.1 only
-        os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "60")
         # Ray starts its workers at nice 15; here those workers are the Serve replicas, the
         # product itself, and at nice 15 any busy process (a consumer, the stream) starves the
         # Generator: measured 5-14 s per answer instead of 0.7 s on 2 cores.
         os.environ.setdefault("RAY_worker_niceness", "0")
-        for attempt in range(1, attempts + 1):
+        user_gcs_wait = os.environ.get("RAY_gcs_server_port_wait_time_s")
+        import ray
+
+        adopt_orphans()  # a failed attempt's daemons stay in our tree, to be stopped
+        self._before_ray = {p.pid for p in descendants()}
+        reasons = []
+        for attempt, wait_s in enumerate(gcs_wait_s, 1):
+            # read by ray.init at each start (a user's setting wins)
+            os.environ["RAY_gcs_server_port_wait_time_s"] = user_gcs_wait or str(wait_s)
             try:
-                ray.init(include_dashboard=True, dashboard_host="127.0.0.1",
-                         dashboard_port=self.settings.ray_dashboard_port, configure_logging=False,
-                         log_to_driver=False, namespace="stylestream")
+                ray.init(include_dashboard=None, dashboard_host="127.0.0.1", dashboard_port=port,
+                         configure_logging=False, log_to_driver=False, namespace="stylestream")
                 break
             except Exception as exc:  # noqa: BLE001 - Ray raises bare Exception/RuntimeError on start-up
+                reasons.append(_one_line(exc))
                 ray.shutdown()
-                if attempt == attempts:
-                    raise RayStartError(f"local Ray did not start ({attempts} attempts): {str(exc)[:200]}") from None
-                log.warning("local Ray did not start (%s); retrying once", str(exc)[:120])
+                self._stop_ray_leftovers()
+                if attempt == len(gcs_wait_s):
+                    raise RayStartError(f"local Ray did not start ({'; '.join(reasons)}); "
+                                        f"its logs: {_ray_logs()}") from None
+                log.warning("local Ray did not start (%s); retrying", reasons[-1])
+            finally:
+                if user_gcs_wait is None:
+                    os.environ.pop("RAY_gcs_server_port_wait_time_s", None)
         self.ray_started = True
-        log.info("local Ray up, dashboard http://127.0.0.1:%d", self.settings.ray_dashboard_port)
+        self.ray_dashboard_url = _dashboard_url(port)
+        if self.ray_dashboard_url:
+            log.info("local Ray up, dashboard %s", self.ray_dashboard_url)
+        else:
+            log.warning("local Ray is up without its dashboard (it did not start in time; see %s/dashboard.*): "
+                        "Ray and Serve work without it", _ray_logs())
+
+    def _stop_ray_leftovers(self) -> None:
+        """Stop every Ray process started since ``start_ray`` that is still running (also the
+        ones ``ray.shutdown`` does not know of: an untracked dashboard, its module processes)."""
+        before = getattr(self, "_before_ray", None)
+        if before is None:
+            return
+        leftovers = [p for p in descendants() if p.pid not in before and _is_ray_process(p)]
+        if leftovers:
+            log.info("stopping %d leftover Ray processes", len(leftovers))
+            kill_processes(leftovers)
 
     def start_serving(self, bundle_dir: Path | None = None, timeout: float = 600.0) -> str:
         """Index the bundle in Milvus if needed, then run the Serve application on local Ray;
@@ -216,6 +291,7 @@ class DevStack:
                 self.serving_url = ""
             ray.shutdown()
             self.ray_started = False
+            self._stop_ray_leftovers()
         if self.milvus is not None:
             self.milvus.stop()
             self.milvus = None
@@ -235,3 +311,44 @@ def _get(url: str, timeout: float = 5.0) -> Any:
 
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return json.loads(r.read())
+
+
+def _one_line(exc: BaseException, limit: int = 240) -> str:
+    """An exception as one short line (Ray's start-up errors run to pages of log tail)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _ray_logs() -> str:
+    import tempfile
+
+    return str(Path(tempfile.gettempdir()) / "ray" / "session_latest" / "logs")
+
+
+def _dashboard_url(port: int) -> str:
+    """The dashboard's URL when it answers (``port`` 0: the one Ray chose), else ''."""
+    import ray
+
+    try:
+        url = ray._private.worker.get_dashboard_url()  # noqa: SLF001 - the only way to read the chosen port
+    except Exception:  # noqa: BLE001
+        url = f"127.0.0.1:{port}" if port else ""
+    if not url:
+        return ""
+    url = url if url.startswith("http") else f"http://{url}"
+    try:
+        with urllib.request.urlopen(url, timeout=5):
+            return url
+    except OSError:
+        return ""
+
+
+def _is_ray_process(p: Any) -> bool:
+    import psutil
+
+    try:
+        cmd = " ".join(p.cmdline())
+        return "/ray/" in cmd or cmd.startswith(("ray::", "ray-dashboard")) or p.name() in ("gcs_server", "raylet")
+    except psutil.Error:
+        return False
