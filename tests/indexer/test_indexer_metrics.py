@@ -20,7 +20,7 @@ indexed = worker_tests.indexed  # the fixture: broker, Milvus with the tiny bund
 
 
 def scrape(port: int) -> tuple[str, dict[str, list]]:
-    """(content type, {family name: samples}) of a worker's /metrics (as in tests/streams/test_metrics.py)."""
+    """(content type, {family name: samples}) of a worker's /metrics (as in tests/streams/test_stream_metrics.py)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         ctype, text = r.headers["Content-Type"], r.read().decode()
     return ctype, {f.name: f.samples for f in text_string_to_metric_families(text)}
