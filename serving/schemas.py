@@ -14,12 +14,13 @@ from stylestream.records import ID_MAX_BYTES, ITEM_ID_MAX_BYTES
 
 MAX_ID = ID_MAX_BYTES  # characters here: every id an event may carry (bytes) fits
 MAX_K = 100
+PRINTABLE = r"^[^\x00-\x1f\x7f]+$"  # ids carry no control characters (as in stylestream.records)
 
 
 class HistoryEvent(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    item_id: str = Field(min_length=1, max_length=ITEM_ID_MAX_BYTES)
+    item_id: str = Field(min_length=1, max_length=ITEM_ID_MAX_BYTES, pattern=PRINTABLE)
     kind: Literal["click", "purchase"] = "purchase"
     ts: float | None = Field(default=None, allow_inf_nan=False)
 
@@ -29,7 +30,7 @@ class RecommendBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    user_id: str = Field(min_length=1, max_length=MAX_ID)
+    user_id: str = Field(min_length=1, max_length=MAX_ID, pattern=PRINTABLE)
     history: list[HistoryEvent] = Field(min_length=1)
     k: int = Field(default=10, ge=1, le=MAX_K)
 

@@ -49,12 +49,17 @@ def friendly(fn: F) -> F:
         from models.bundle import BundleError
         from models.data import DataError
         from stylestream.devstack import BrokerError
+        from stylestream.devstack.processes import StartError
+        from stylestream.devstack.stack import RayStartError
 
         try:
             return fn(*args, **kwargs)
         except (ConfigError, DataError, BrokerError, BundleError, CatalogFileError, NoLiveCollection,
                 FileNotFoundError, PermissionError) as exc:
             err.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+            raise typer.Exit(2) from None
+        except (StartError, RayStartError) as exc:  # a part of the stack did not start: one line
+            err.print(f"[bold red]error:[/bold red] {exc.summary}", highlight=False)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("interrupted")
@@ -227,7 +232,8 @@ def up(
         if stack.serving_url:
             parts.append(f"Serve {stack.serving_url}/recommend")
         if stack.ray_started:
-            parts.append(f"Ray dashboard http://127.0.0.1:{s.ray_dashboard_port}")
+            parts.append(f"Ray dashboard {stack.ray_dashboard_url}" if stack.ray_dashboard_url
+                         else "Ray (its dashboard did not start)")
         console.print("[green]up[/green]: " + "; ".join(parts) + ". Ctrl-C stops everything.")
         if serve and not serving:
             console.print(f"[yellow]no bundle at {s.bundle_dir}[/yellow]: the stream answers with the baseline "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -42,12 +43,17 @@ EVENT_TS_MAX = 4_102_444_800.0  # 2100-01-01T00:00:00Z
 QUANTITY_MAX = 10_000
 
 
-def _fits(limit: int):
+def _fits(limit: int, printable: bool = False):
     def check(value: str | None) -> str | None:
         if value is not None and len(value.encode()) > limit:
             raise ValueError(f"longer than {limit} bytes ({len(value.encode())})")
+        if printable and value is not None and CONTROL.search(value):
+            raise ValueError("control characters are not allowed in an id")
         return value
     return AfterValidator(check)
+
+
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _event_time(ts: float) -> float:
@@ -57,8 +63,8 @@ def _event_time(ts: float) -> float:
     return ts
 
 
-Id = Annotated[str, Field(min_length=1), _fits(ID_MAX_BYTES)]
-ItemId = Annotated[str, Field(min_length=1), _fits(ITEM_ID_MAX_BYTES)]
+Id = Annotated[str, Field(min_length=1), _fits(ID_MAX_BYTES, printable=True)]
+ItemId = Annotated[str, Field(min_length=1), _fits(ITEM_ID_MAX_BYTES, printable=True)]
 EventTime = Annotated[float, Field(allow_inf_nan=False, description="event time, seconds since the epoch"),
                       AfterValidator(_event_time)]
 
@@ -68,7 +74,7 @@ class ClickEvent(_Record):
     user_id: Id
     item_id: ItemId
     ts: EventTime
-    session_id: Annotated[str | None, _fits(ID_MAX_BYTES)] = None
+    session_id: Annotated[str | None, _fits(ID_MAX_BYTES, printable=True)] = None
     query: Annotated[str | None, _fits(TITLE_MAX_BYTES)] = None
 
 
@@ -104,6 +110,8 @@ class CatalogUpdate(_Record):
         limit = {"item_id": ITEM_ID_MAX_BYTES, "title": TITLE_MAX_BYTES}.get(info.field_name or "", FIELD_MAX_BYTES)
         if value is not None and len(value.encode()) > limit:
             raise ValueError(f"longer than {limit} bytes ({len(value.encode())})")
+        if info.field_name == "item_id" and value is not None and CONTROL.search(value):
+            raise ValueError("control characters are not allowed in an id")
         return value
 
 

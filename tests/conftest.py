@@ -12,7 +12,7 @@ import pytest
 
 from models.data import Dataset
 from stylestream.config import Settings
-from stylestream.devstack import DevStack
+from stylestream.devstack import DevStack  # noqa: I001 - first: it turns gRPC fork support off
 
 CATEGORIES = ["tops", "bottoms", "shoes"]
 

@@ -15,6 +15,12 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+# Children are started with fork + exec (a preexec_fn sets their parent-death signal). gRPC (Ray,
+# pymilvus) with fork support on runs its fork handlers in the child before exec, which then
+# aborted now and again (SIGABRT, "epoll_wait error: Bad file descriptor"). Nothing here uses
+# gRPC across a fork, so it stays off; set before gRPC is first imported.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 

@@ -18,6 +18,20 @@ from stylestream.records import CLICKS, PURCHASES
 pytestmark = pytest.mark.slow
 
 
+def record(fault: str, **values: object) -> None:
+    """Keep a fault's measurements for bench/bench_faults.py, which sets
+    ``STYLESTREAM_FAULTS_RESULTS`` to a JSON file (nothing is written otherwise)."""
+    path = os.environ.get("STYLESTREAM_FAULTS_RESULTS")
+    if path:
+        import json
+        from pathlib import Path
+
+        out = Path(path)
+        data = json.loads(out.read_text()) if out.is_file() else {}
+        data[fault] = {k: round(v, 2) if isinstance(v, float) else v for k, v in values.items()}
+        out.write_text(json.dumps(data, indent=2) + "\n")
+
+
 def all_counts(worker, users) -> Counter | None:
     """Every shopper's distinct-event count as ``worker`` answers it (routed to the owner), or
     None while some page fails (its owner is gone and the group has not moved it yet)."""
@@ -124,9 +138,10 @@ def assert_counts(worker, users, sent, timeout) -> None:
 
 def test_a_killed_worker_of_two_hands_its_shoppers_to_the_survivor(stack_factory):
     """Two workers share the group; both answer any shopper's page (routed to the owner). SIGKILL
-    one mid-stream and never restart it: after the session timeout the survivor owns every
-    partition, rebuilds the dead one's table partitions from the changelog, and every shopper's
-    distinct-event count equals what was sent."""
+    one mid-stream and never restart it; once it is out of the group (its static membership
+    removed: noida-db never expires a session) the survivor owns every partition, rebuilds the
+    dead one's table partitions from the changelog, and every shopper's distinct-event count
+    equals what was sent."""
     stack = stack_factory(sequence_length=20, trigger_every_clicks=0, trigger_idle_seconds=0, session_timeout=6.0)
     bootstrap = stack.start_broker()
     stack.start_worker()
@@ -151,11 +166,18 @@ def test_a_killed_worker_of_two_hands_its_shoppers_to_the_survivor(stack_factory
         # partitions, leader or not (see DevStack.stop_worker); Kafka drops it after session_timeout.
         stack.stop_worker(victim, kill=True, leave_group=True)
         killed_at = time.monotonic()
+        wait_for(lambda: all_counts(survivor, users) is not None, 60, "every shopper's page served by the survivor")
+        moved_s = time.monotonic() - killed_at
     assert not sender.failed and len(sender.acked) == 4000
     sent.update(sender.sent)
     assert_counts(survivor, users, sent, 120)
-    moved_after = time.monotonic() - killed_at
-    print(f"leader {leader}; killed {victim.worker_id}; survivor complete {moved_after:.1f} s after the kill")
+    complete_s = time.monotonic() - killed_at
+    stats = survivor.stats()
+    print(f"leader {leader}; killed {victim.worker_id}; every page served again {moved_s:.1f} s and the table "
+          f"complete {complete_s:.1f} s after the kill; stats {stats}")
+    record("worker_killed", victim=victim.worker_id, leader=leader, pages_served_again_s=moved_s,
+           table_complete_s=complete_s, events_sent=sum(sent.values()), events_lost=0, double_counted=0,
+           redelivered_and_skipped=stats["duplicates"])
     assert survivor.proc.poll() is None
 
 
@@ -221,6 +243,11 @@ def test_the_broker_killed_and_restarted_under_load_loses_nothing(stack_factory)
     print(f"broker killed for {BROKER_DOWN_S:.0f} s: {retried} events acknowledged after the kill (retried by the "
           f"producer), {len(sender.failed)} re-sent; worker caught up {caught_up:.1f} s after the restart; "
           f"{len(lost)} acknowledged events lost by the broker")
+    got = all_counts(worker, users)
+    record("broker_killed", down_s=BROKER_DOWN_S, worker_caught_up_after_restart_s=caught_up,
+           retried_by_producer=retried, re_sent_after_restart=len(sender.failed), events_sent=len(sent),
+           acknowledged_lost_by_broker=len(lost), events_missing_from_table=sum((high - got).values()),
+           double_counted=sum((got - high).values()))
     if lost:
         acked_before = sum(1 for i in lost if sender.acked.get(i, down_at) < down_at)
         raise AcknowledgedWritesLost(f"{len(lost)} events acknowledged by the broker ({acked_before} before the kill) "
@@ -362,6 +389,8 @@ def test_milvus_reopened_after_a_kill_keeps_its_rows_and_answers(stack_factory, 
         assert after[0] == before[0], "row count after the reopen"
         assert after[1] == before[1], "rows (upserted titles, stock, deletes) after the reopen"
         assert after[2] == before[2], "the same search answers after the reopen"
+        record(f"milvus_{kind}_killed", reopened_and_answering_s=reopened_s, rows=after[0],
+               rows_lost=before[0] - after[0], port_changed=server.port != port)
         print(f"Milvus {kind}: reopened and answering {reopened_s:.1f} s after the kill"
               + (f" (on port {server.port}, not {port})" if server.port != port else ""))
     finally:
@@ -492,3 +521,86 @@ def test_serve_faults_cost_llm_answers_not_events(served_stream, tiny_bundle):
     stats = worker.stats()
     assert stats["received"] == stats["processed"] == shoppers.sent and stats["duplicates"] == 0, stats
     print(f"recovery (s): {recovery}; {shoppers.sent} events; serving {stats['serving']}")
+    record("serve_generator_replica_killed", llm_again_after_s=recovery["replica_killed"])
+    record("serve_application_down_30s", llm_again_after_redeploy_s=recovery["app_redeployed"],
+           llm_again_after_fault_s=recovery["app_outage_total"], fallback_answers_while_down=len(during))
+    record("serve_stream", events_sent=shoppers.sent, events_lost=shoppers.sent - stats["processed"],
+           duplicates=stats["duplicates"], llm_answers=stats["serving"]["llm"],
+           fallback_answers=stats["serving"]["fallback"])
+
+
+# -- 5. a part that does not start (`stylestream up`) -----------------------------------------------------------
+
+
+def ray_descendants() -> list:
+    """Live Ray processes in this process's tree (the dev stack adopts orphans: see start_ray)."""
+    import psutil
+
+    from stylestream.devstack.processes import descendants
+    from stylestream.devstack.stack import _is_ray_process
+
+    out = []
+    for p in descendants():
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE and _is_ray_process(p):
+                out.append(p)
+        except psutil.Error:
+            pass
+    return out
+
+
+def test_up_with_a_part_that_cannot_start_says_one_line_and_leaves_nothing_running(tmp_path, tiny_data_dir):
+    """`stylestream up` whose Ray dashboard port is taken: the broker and Milvus Lite are
+    already up when Ray refuses; the user gets one line naming the port and the setting, exit
+    code 2, and the started parts are stopped (no process of this home is left)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import psutil
+
+    home = tmp_path / "home"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "STYLESTREAM_HOME": str(home), "STYLESTREAM_DATASET": str(tiny_data_dir),
+               "STYLESTREAM_RAY_DASHBOARD_PORT": str(port), "STYLESTREAM_LOG_LEVEL": "WARNING"}
+        env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+        env.pop("MILVUS_URI", None)
+        run = subprocess.run([sys.executable, "-m", "stylestream.cli", "up", "--no-serve"], env=env,
+                             capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in run.stderr.splitlines() if ln.strip()]
+    assert run.returncode == 2, (run.returncode, run.stdout[-2000:], run.stderr[-2000:])
+    assert len(lines) == 1 and "error:" in lines[0] and str(port) in lines[0] \
+        and "STYLESTREAM_RAY_DASHBOARD_PORT" in lines[0], lines
+    assert (home / "broker" / "noida.log").is_file() and (home / "milvus" / "data").is_dir(), "parts had started"
+    left = [p.info for p in psutil.process_iter(["pid", "cmdline"]) if str(home) in " ".join(p.info["cmdline"] or [])]
+    assert not left, f"processes of this home still running: {left}"
+    assert not (home / "milvus" / "endpoint.json").exists()
+
+
+def test_a_failed_ray_start_is_cleaned_up_and_retried(stack_factory, monkeypatch):
+    """Ray's GCS given no time to come up (as on a starved machine): the attempt fails with one
+    line and none of its processes stays; with a second, longer attempt Ray comes up, and only
+    that attempt's GCS and raylet run (the first one's are gone)."""
+    import ray
+
+    from stylestream.devstack.processes import free_port
+    from stylestream.devstack.stack import RayStartError
+
+    monkeypatch.delenv("RAY_gcs_server_port_wait_time_s", raising=False)
+    stack = stack_factory(ray_dashboard_port=free_port())
+    with pytest.raises(RayStartError) as failed:
+        stack.start_ray(gcs_wait_s=(0,))
+    assert "\n" not in str(failed.value) and "did not start" in str(failed.value), str(failed.value)
+    assert not ray.is_initialized() and not stack.ray_started
+    assert not ray_descendants(), [p.cmdline()[:2] for p in ray_descendants()]
+
+    stack.start_ray(gcs_wait_s=(0, 60))
+    assert ray.get(ray.remote(lambda: 41 + 1).remote()) == 42
+    names = [p.name() for p in ray_descendants()]
+    assert names.count("gcs_server") == 1 and names.count("raylet") == 1, names
+    stack.close()
+    assert not ray.is_initialized() and not ray_descendants(), [p.cmdline()[:2] for p in ray_descendants()]
