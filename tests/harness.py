@@ -36,6 +36,28 @@ def read_topic(bootstrap: str, topic: str, timeout_ms: int = 3000) -> list:
         consumer.close()
 
 
+def scrape(port: int) -> tuple[str, dict[str, list]]:
+    """(content type, {family name: samples}) of a worker's ``/metrics``."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        ctype, text = r.headers["Content-Type"], r.read().decode()
+    return ctype, {f.name: f.samples for f in text_string_to_metric_families(text)}
+
+
+def metric_value(families: dict[str, list], sample: str, **labels: str) -> float:
+    """The sum of ``sample`` over the samples whose labels include ``labels``."""
+    return sum(s.value for samples in families.values() for s in samples
+               if s.name == sample and labels.items() <= s.labels.items())
+
+
+def consumer_lags(families: dict[str, list]) -> dict[tuple[str, int], float]:
+    """``stylestream_consumer_lag`` by (topic, partition)."""
+    return {(s.labels["topic"], int(s.labels["partition"])): s.value for s in families["stylestream_consumer_lag"]}
+
+
 def dumps(obj: object) -> bytes:
     return json.dumps(obj).encode()
 

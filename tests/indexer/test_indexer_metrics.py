@@ -5,34 +5,16 @@ fixture and helpers of test_indexer_worker): updates by op and dead letters agre
 from __future__ import annotations
 
 import json
-import urllib.request
 
 import pytest
 import test_indexer_worker as worker_tests
-from harness import wait_for
-from prometheus_client.parser import text_string_to_metric_families
+from harness import consumer_lags, metric_value, scrape, wait_for
 
 from stylestream.records import CATALOG
 
 pytestmark = pytest.mark.slow
 
 indexed = worker_tests.indexed  # the fixture: broker, Milvus with the tiny bundle indexed, indexer worker
-
-
-def scrape(port: int) -> tuple[str, dict[str, list]]:
-    """(content type, {family name: samples}) of a worker's /metrics (as in tests/streams/test_stream_metrics.py)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        ctype, text = r.headers["Content-Type"], r.read().decode()
-    return ctype, {f.name: f.samples for f in text_string_to_metric_families(text)}
-
-
-def value(families: dict[str, list], sample: str, **labels: str) -> float:
-    return sum(s.value for samples in families.values() for s in samples
-               if s.name == sample and labels.items() <= s.labels.items())
-
-
-def lags(families: dict[str, list]) -> dict[tuple[str, int], float]:
-    return {(s.labels["topic"], int(s.labels["partition"])): s.value for s in families["stylestream_consumer_lag"]}
 
 
 def test_indexer_metrics_match_stats_and_lag_drains(indexed):
@@ -58,16 +40,16 @@ def test_indexer_metrics_match_stats_and_lag_drains(indexed):
     ctype, families = scrape(indexer.web_port)
     assert ctype.startswith("text/plain; version=0.0.4")
     for op, key in (("upsert", "upserted"), ("delete", "deleted"), ("skipped-stale", "older")):
-        assert value(families, "stylestream_indexer_updates_total", op=op) == stats[key], op
-    assert value(families, "stylestream_indexer_dead_lettered_total") == stats["dead_lettered"] == 1
-    assert value(families, "stylestream_indexer_batch_seconds_count") == stats["batches"] >= 2
-    assert value(families, "stylestream_indexer_batch_seconds_bucket", le="+Inf") == stats["batches"]
-    assert 0 < value(families, "stylestream_indexer_batch_seconds_sum") < 60
+        assert metric_value(families, "stylestream_indexer_updates_total", op=op) == stats[key], op
+    assert metric_value(families, "stylestream_indexer_dead_lettered_total") == stats["dead_lettered"] == 1
+    assert metric_value(families, "stylestream_indexer_batch_seconds_count") == stats["batches"] >= 2
+    assert metric_value(families, "stylestream_indexer_batch_seconds_bucket", le="+Inf") == stats["batches"]
+    assert 0 < metric_value(families, "stylestream_indexer_batch_seconds_sum") < 60
 
     expected = {(CATALOG, p) for p in range(stack.settings.topic_partitions)}
 
     def drained() -> bool:
-        got = lags(scrape(indexer.web_port)[1])
+        got = consumer_lags(scrape(indexer.web_port)[1])
         return set(got) == expected and not any(got.values())
 
     wait_for(drained, 30, "a lag of 0 on every catalog.updates partition")

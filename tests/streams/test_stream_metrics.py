@@ -7,14 +7,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import urllib.request
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from faust.types import TP
-from harness import dumps, event, read_topic, wait_for
+from harness import consumer_lags, dumps, event, metric_value, read_topic, scrape, wait_for
 from kafka import KafkaProducer
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -23,26 +22,10 @@ from stylestream.metrics import ConsumerLag, IndexerMetrics, StreamMetrics
 from stylestream.records import CATALOG, CLICKS, PURCHASES, RECS
 
 
-def scrape(port: int) -> tuple[str, dict[str, list]]:
-    """(content type, {family name: samples}) of a worker's /metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        ctype, text = r.headers["Content-Type"], r.read().decode()
-    return ctype, {f.name: f.samples for f in text_string_to_metric_families(text)}
-
-
-def value(families: dict[str, list], sample: str, **labels: str) -> float:
-    return sum(s.value for samples in families.values() for s in samples
-               if s.name == sample and labels.items() <= s.labels.items())
-
-
 def stream_stats(**counts: int) -> SimpleNamespace:
     """The fields of streams.agents.Stats (not imported: that would make the worker's Faust app)."""
     return SimpleNamespace(**{"received": 0, "processed": 0, "duplicates": 0, "dead_lettered": 0, **counts},
                            recs_by_path=Counter())
-
-
-def lags(families: dict[str, list]) -> dict[tuple[str, int], float]:
-    return {(s.labels["topic"], int(s.labels["partition"])): s.value for s in families["stylestream_consumer_lag"]}
 
 
 @pytest.mark.slow
@@ -69,22 +52,22 @@ def test_worker_metrics_match_stats_and_lag_drains(stack_factory):
     assert ctype.startswith("text/plain; version=0.0.4")
     for name, key in (("received", "received"), ("processed", "processed"), ("duplicates", "duplicates"),
                       ("dead_lettered", "dead_lettered")):
-        assert value(families, f"stylestream_events_{name}_total") == stats[key], name
+        assert metric_value(families, f"stylestream_events_{name}_total") == stats[key], name
     by_path = Counter({s.labels["path"]: s.value for s in families["stylestream_recommendations"]
                        if s.name == "stylestream_recommendations_total"})
     assert +by_path == Counter(stats["recs_by_path"])
     latency = "stylestream_recommendation_latency_seconds"
-    assert value(families, f"{latency}_count") == stats["recs_published"]
+    assert metric_value(families, f"{latency}_count") == stats["recs_published"]
     for path, n in stats["recs_by_path"].items():
-        assert value(families, f"{latency}_count", path=path) == n
-        assert value(families, f"{latency}_bucket", path=path, le="+Inf") == n
-    assert value(families, "stylestream_recs_pending") == 0
+        assert metric_value(families, f"{latency}_count", path=path) == n
+        assert metric_value(families, f"{latency}_bucket", path=path, le="+Inf") == n
+    assert metric_value(families, "stylestream_recs_pending") == 0
 
     partitions = stack.settings.topic_partitions
     expected = {(topic, p) for topic in (CLICKS, PURCHASES) for p in range(partitions)}
 
     def drained() -> bool:
-        got = lags(scrape(worker.web_port)[1])
+        got = consumer_lags(scrape(worker.web_port)[1])
         return set(got) == expected and not any(got.values())
 
     wait_for(drained, 30, "a lag of 0 on every assigned events partition")
@@ -103,13 +86,13 @@ def test_collectors_read_stats_and_the_consumer_at_scrape_time():
     first.observe_latency("llm", 0.2)
     first.observe_latency("llm", 0.02)
     families = {f.name: f.samples for f in text_string_to_metric_families(generate_latest(first.registry).decode())}
-    assert value(families, "stylestream_events_received_total") == 7
-    assert value(families, "stylestream_recommendations_total", path="llm") == 2
-    assert value(families, "stylestream_recommendations_total", path="id-only") == 0
-    assert value(families, "stylestream_recommendation_latency_seconds_count", path="llm") == 2
-    assert value(families, "stylestream_recommendation_latency_seconds_bucket", path="llm", le="0.025") == 1
-    assert value(families, "stylestream_recs_pending") == 1
-    assert lags(families) == {(CLICKS, 2): 20}
+    assert metric_value(families, "stylestream_events_received_total") == 7
+    assert metric_value(families, "stylestream_recommendations_total", path="llm") == 2
+    assert metric_value(families, "stylestream_recommendations_total", path="id-only") == 0
+    assert metric_value(families, "stylestream_recommendation_latency_seconds_count", path="llm") == 2
+    assert metric_value(families, "stylestream_recommendation_latency_seconds_bucket", path="llm", le="0.025") == 1
+    assert metric_value(families, "stylestream_recs_pending") == 1
+    assert consumer_lags(families) == {(CLICKS, 2): 20}
 
     async def ends(*tps):  # the broker's answer at scrape time, newer than the last fetch's
         return {tp: 130 for tp in tps}
