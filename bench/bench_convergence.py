@@ -65,6 +65,8 @@ def run_one(name: str, args: Any, pack: Path | None) -> dict[str, Any]:
           f"wrote {path}", flush=True)
     if args.answers:
         write_answers(data, cfg, tuned, work / "lora" / "answers.json", args.gen_batch)
+    if args.base_answers:
+        write_base_answers(data, cfg, work / "lora" / "answers_base.json", args.gen_batch)
     if pack is not None:
         pack.mkdir(parents=True, exist_ok=True)
         with tarfile.open(pack / f"{name}-lora.tar.gz", "w:gz") as tar:
@@ -72,6 +74,8 @@ def run_one(name: str, args: Any, pack: Path | None) -> dict[str, Any]:
             tar.add(work / "lora" / "manifest.json", arcname=f"{name}/manifest.json")
             if args.answers:
                 tar.add(work / "lora" / "answers.json", arcname=f"{name}/answers.json")
+            if args.base_answers:
+                tar.add(work / "lora" / "answers_base.json", arcname=f"{name}/answers_base.json")
             if args.sasrec:
                 tar.add(work / "lora" / "sasrec", arcname=f"{name}/sasrec")
     return out
@@ -120,6 +124,25 @@ def write_answers(data: Any, cfg: Any, tuned: dict[str, Any], path: Path, batch_
           flush=True)
 
 
+def write_base_answers(data: Any, cfg: Any, path: Path, batch_size: int) -> None:
+    """The untrained base model's answers for the validation events: what the LoRA adds to
+    the generated query is measured against these (``bench/query_quality.py``)."""
+    from models.llm.generate import GenerationTotals, Generator
+
+    generator = Generator(Path(cfg.base_model), device=cfg.lora_device)
+    answers = Answers("untrained-base", data.data_hash())
+    totals = GenerationTotals()
+    t0 = time.perf_counter()
+    answers.val = generate_answers(generator, data.items, validation_events(data, cfg), cfg.max_history,
+                                   cfg.max_new_tokens, batch_size, totals)
+    answers.costs = {"device": str(generator.device), "answers": totals.n,
+                     "seconds": round(time.perf_counter() - t0, 1),
+                     "malformed_rate": round(totals.malformed_rate, 4)}
+    answers.save(path)
+    print(f"[bench] untrained answers: {len(answers.val)} validation in {answers.costs['seconds']} s",
+          flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--pack", type=Path, default=None,
@@ -130,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="SASRec dropouts tried with --sasrec; the best on validation is kept")
     parser.add_argument("--answers", action="store_true",
                         help="also generate the answers for validation and the LLM test events")
+    parser.add_argument("--base-answers", action="store_true",
+                        help="also the untrained base model's answers for the validation events")
     parser.set_defaults(**DEFAULTS)
     args = parser.parse_args(argv)
     for name in start(args):

@@ -48,11 +48,16 @@ class Answers:
 
     @classmethod
     def load(cls, path: Path | str) -> Answers:
+        """The file's answers, cleaned again by today's :func:`~models.llm.generate.clean_output`
+        (idempotent on clean text), so a file made before a cleaning rule still holds what
+        serving would answer."""
+        from models.llm.generate import clean_output
+
         data = json.loads(Path(path).read_text())
         if data.get("format") != FORMAT:
             raise ValueError(f"{path} is not a stylestream answers file ({FORMAT})")
-        return cls(data["model_version"], data["data_hash"], data.get("val", {}), data.get("test", {}),
-                   data.get("costs", {}))
+        val, test = ({k: clean_output(v)[0] for k, v in data.get(part, {}).items()} for part in ("val", "test"))
+        return cls(data["model_version"], data["data_hash"], val, test, data.get("costs", {}))
 
     def require(self, model_version: str, data_hash: str) -> None:
         if self.data_hash != data_hash:

@@ -29,7 +29,8 @@ Systems: ``popularity``, ``co-occurrence``, ``sasrec`` (raw ``u·e_i``), ``id-on
 served encoder's fusion at λ = 0: what the stream answers when the LLM cannot), ``content:
 last item's title`` and ``mix-up with the last item's title`` (:func:`last_title_systems`),
 and per title encoder ``title-only (<enc>)`` (the text half), ``mix-up (<enc>)`` (its
-fusion) and, when its repeat term is on, ``mix-up without repeat term (<enc>)``.
+fusion) and, when its repeat term is on, ``mix-up without repeat term (<enc>)``; when its
+text query leans on the last item's title, ``mix-up, generated text alone (<enc>)``.
 """
 
 from __future__ import annotations
@@ -167,6 +168,8 @@ def evaluate(dataset: Dataset, config: EvalConfig | None = None, out_dir: Path |
         llm_ranks[f"mix-up ({name})"] = part.pop("mixup_ranks")
         if "without_repeat_ranks" in part:
             llm_ranks[f"mix-up without repeat term ({name})"] = part.pop("without_repeat_ranks")
+        if "unanchored_ranks" in part:
+            llm_ranks[f"mix-up, generated text alone ({name})"] = part.pop("unanchored_ranks")
         sweep[name] = part.pop("sweep")
         choices[name] = {**bundle.manifest["encoders"][name], "lambda": rec.fusion.lam, **part}
     costs["total_seconds"] = round(time.perf_counter() - started, 1)
@@ -376,13 +379,31 @@ def score_encoder(rec: MixupRecommender, texts: list[str], states: np.ndarray, h
         "title_only_ranks": mixup_ranks(rec, text_vecs, states, histories, targets,
                                         rec.fusion.with_lambda(1.0).with_repeat(())),
         "sweep": sweep,
+        "anchor_sweep": anchor_sweep(rec, text_vecs, states, histories, targets, cfg),
         "query_memory": query_memory_ablation(rec, text_vecs, states, histories, targets, dataset, cfg),
         "one_vector_search_max_abs_diff": one_vector_search_gap(rec, text_vecs, states),
     }
+    if rec.fusion.anchor:
+        out["unanchored_ranks"] = mixup_ranks(rec, text_vecs, states, histories, targets, rec.fusion.with_anchor(0.0))
     without = rec.bundle.manifest["encoders"][rec.encoder_name].get("fusion_without_repeat")
     if rec.fusion.repeat and without:
         out["without_repeat_ranks"] = mixup_ranks(rec, text_vecs, states, histories, targets,
                                                   Fusion.from_json(without))
+    return out
+
+
+def anchor_sweep(rec: MixupRecommender, text_vecs: np.ndarray, states: np.ndarray, histories: list[History],
+                 targets: np.ndarray, cfg: EvalConfig) -> list[dict[str, Any]]:
+    """Test figures per share of the last item's title in the text query (the served fusion
+    otherwise): the mix-up, and the text half alone. Anchor 0 is the generated text alone,
+    so the rows say what the LLM's text is worth beside the last title."""
+    out = []
+    for a in sorted({0.0, *cfg.anchors, 1.0}):
+        fusion = rec.fusion.with_anchor(a)
+        text_only = mixup_ranks(rec, text_vecs, states, histories, targets, fusion.with_lambda(1.0).with_repeat(()))
+        out.append({"anchor": float(a), **_sweep_point(mixup_ranks(rec, text_vecs, states, histories, targets,
+                                                                     fusion)),
+                    "text_only_recall@10": recall_at_k(text_only, 10)})
     return out
 
 
@@ -459,7 +480,8 @@ def event_slices(dataset: Dataset, events: NextItemEvents) -> dict[str, np.ndarr
 # systems compared with each mix-up: (label, rival system; {enc} is the encoder)
 RIVALS = (("sasrec", "sasrec"), ("its text half", "title-only ({enc})"), ("its ID half", "id-only"),
           ("content", CONTENT), ("last-title mix-up", LAST_TITLE_MIXUP),
-          ("without repeat term", "mix-up without repeat term ({enc})"))
+          ("without repeat term", "mix-up without repeat term ({enc})"),
+          ("generated text alone", "mix-up, generated text alone ({enc})"))
 
 
 def paired_comparisons(ranks: dict[str, np.ndarray], encoders: list[str], cfg: EvalConfig) -> list[dict[str, Any]]:
@@ -703,7 +725,8 @@ def report_markdown(result: EvalResult) -> str:
         lines += _table(["λ", "test Recall@10", "test NDCG@10", "validation Recall@10"],
                         [[f"{r['lambda']:.1f}", r["recall@10"], r["ndcg@10"],
                           val.get(str(float(r["lambda"])))] for r in rows])
-    lines += ["![lambda sweep](lambda_sweep.png)", "", "## Choices made on validation", "",
+    lines += ["![lambda sweep](lambda_sweep.png)", ""] + _anchor_section(result)
+    lines += ["## Choices made on validation", "",
               f"Bundle **{result.bundle.get('version')}**; the live path serves the "
               f"**{result.bundle.get('served_encoder')}** encoder (best validation objective).", ""]
     lines += _table(["encoder", "λ", "ID half (σ)", "re-buy rule", "repeat term", "imputation", "val R@10",
@@ -796,6 +819,24 @@ def plot_lora(result: EvalResult, path: Path) -> None:
     ax.set(xlabel="optimizer step", ylabel="answer-token loss", title="LoRA fine-tuning")
     ax.legend()
     save_figure(fig, path)
+
+
+def _anchor_section(result: EvalResult) -> list[str]:
+    """The text query: the generated text against the last item's title, on test."""
+    lines = ["## The text query: generated text and the last item's title", "",
+             "The text half's query is unit((1−a)·t̂_generated + a·t̂_last item); *a* is chosen on "
+             "validation (a = 0: the generated text alone). Test figures at the served λ:", ""]
+    for enc, ch in result.choices.items():
+        rows = ch.get("anchor_sweep") or []
+        if not rows:
+            continue
+        val = (ch.get("anchor") or {}).get("val_curve", {})
+        lines += [f"### {enc} (chosen a = {ch['fusion'].get('anchor', 0.0):.1f})", ""]
+        lines += _table(["a", "mix-up test Recall@10", "mix-up test NDCG@10", "text half test Recall@10",
+                         "validation Recall@10 (best λ)"],
+                        [[f"{r['anchor']:.1f}", r["recall@10"], r["ndcg@10"], r["text_only_recall@10"],
+                          val.get(str(float(r["anchor"])))] for r in rows])
+    return lines
 
 
 def plot_lambda_sweep(result: EvalResult, path: Path) -> None:

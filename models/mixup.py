@@ -66,6 +66,11 @@ class Fusion:
     items ranked by the score above; the rest to the ranking of a second query at
     ``explore_lam``, which can lean on the text (new items have no trained ID vector). 0: one
     ranking.
+
+    ``anchor``: how much of the text query is the title of the shopper's last item,
+    ``t_q = unit((1−a)·t̂_gen + a·t̂_last)``; 0: the generated text alone. A small LLM's
+    text drifts, and the last item's title is a strong query on its own (the content
+    baseline); the blend lets validation decide how far to trust the generation.
     """
 
     lam: float
@@ -75,10 +80,13 @@ class Fusion:
     repeat: tuple[float, ...] = ()
     repeat_slots: int = 0
     explore_lam: float = 1.0
+    anchor: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.lam <= 1.0:
             raise ValueError(f"λ must be in [0, 1], got {self.lam}")
+        if not 0.0 <= self.anchor <= 1.0:
+            raise ValueError(f"the anchor weight must be in [0, 1], got {self.anchor}")
         if self.id_half not in ID_HALVES:
             raise ValueError(f"id_half must be one of {', '.join(ID_HALVES)}, not {self.id_half!r}")
         if not self.sigma > 0:
@@ -86,6 +94,9 @@ class Fusion:
 
     def with_lambda(self, lam: float) -> Fusion:
         return replace(self, lam=float(lam))
+
+    def with_anchor(self, anchor: float) -> Fusion:
+        return replace(self, anchor=float(anchor))
 
     def with_repeat(self, repeat: Sequence[float], slots: int | None = None, explore_lam: float | None = None
                     ) -> Fusion:
@@ -96,16 +107,16 @@ class Fusion:
                        explore_lam=self.explore_lam if explore_lam is None else float(explore_lam))
 
     def explore(self) -> Fusion:
-        """The explore query's fusion: λ = ``explore_lam``, no repeat term."""
-        return Fusion(self.explore_lam, self.id_half, self.sigma, self.rebuy_threshold)
+        """The explore query's fusion: λ = ``explore_lam``, no repeat term, the same text query."""
+        return Fusion(self.explore_lam, self.id_half, self.sigma, self.rebuy_threshold, anchor=self.anchor)
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "repeat": list(self.repeat)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Fusion:
-        kept = {k: data[k] for k in ("lam", "id_half", "sigma", "rebuy_threshold", "repeat_slots", "explore_lam")
-                if k in data}
+        kept = {k: data[k] for k in ("lam", "id_half", "sigma", "rebuy_threshold", "repeat_slots", "explore_lam",
+                                     "anchor") if k in data}
         return cls(**kept, repeat=tuple(data.get("repeat") or ()))
 
 
@@ -184,6 +195,15 @@ def mixup_query(text_emb: np.ndarray | None, user_state: np.ndarray | None, fusi
     u = unit(u) if fusion.id_half == "cosine" else u / fusion.sigma
     q = np.concatenate([fusion.lam * unit(t), (1.0 - fusion.lam) * u], axis=1)
     return q[0].astype(np.float32) if single else q.astype(np.float32)
+
+
+def anchored_text(text_emb: np.ndarray, last_title: np.ndarray, anchor: float) -> np.ndarray:
+    """The text query with the last item's title mixed in: unit((1−a)·t̂_gen + a·t̂_last), row
+    by row ([b, d]). A row with neither (no text, no known last item) stays zero."""
+    t = np.atleast_2d(np.asarray(text_emb, dtype=np.float64))
+    if anchor == 0.0:
+        return t
+    return unit((1.0 - anchor) * unit(t) + anchor * unit(np.atleast_2d(last_title)))
 
 
 def _half(x: np.ndarray | None, rows: int, dim: int | None, name: str) -> np.ndarray:

@@ -30,6 +30,7 @@ from models.mixup import (
     Fusion,
     Hit,
     MixupIndex,
+    anchored_text,
     mixup_query,
     rebuy_exclusions,
     repeat_boosts,
@@ -151,6 +152,26 @@ class MixupRecommender:
         """Unit text embeddings; an empty text gets a zero row (no text evidence)."""
         return embed_texts(self.encoder, texts)
 
+    def text_query(self, histories: Sequence[History], text_vecs: np.ndarray,
+                   stored: Callable[[list[str]], Mapping[str, np.ndarray]] | None = None,
+                   fusion: Fusion | None = None) -> np.ndarray:
+        """The text half's query: the generated text's vector with the fusion's share of the
+        shopper's last item's stored title vector (:func:`models.mixup.anchored_text`).
+
+        ``stored`` gives the stored vectors of items (the in-process index by default,
+        Milvus in serving); a last item it does not know adds nothing.
+        """
+        anchor = (fusion or self.fusion).anchor
+        if not anchor:
+            return text_vecs
+        lasts = [h.item_ids[-1] if h.item_ids else "" for h in histories]
+        vectors = (stored or self.stored_vectors)([i for i in dict.fromkeys(lasts) if i])
+        last = np.zeros((len(histories), self.text_dim), np.float64)
+        for r, item in enumerate(lasts):
+            if item in vectors:
+                last[r] = np.asarray(vectors[item][:self.text_dim], np.float64)
+        return anchored_text(text_vecs, last, anchor).astype(np.float32)
+
     def user_states(self, histories: Sequence[History]) -> np.ndarray:
         """SASRec's state after each history's newest ``window`` events."""
         return user_states(self.sasrec, histories, self.window)
@@ -232,6 +253,8 @@ class MixupRecommender:
         The mix-up query's scores with the repeat term, or with the repeat/explore split the
         shopper's best own items above the explore query's ranking."""
         f = fusion or self.fusion
+        if text_vecs is not None:
+            text_vecs = self.text_query(histories, text_vecs, fusion=f)
         exclude = self.exclusions(histories, text_vecs, self.stored_vectors, f)
         s = self.scores(self.queries(text_vecs, states, f), exclude, self.boosts(histories, f))
         if not f.repeat_slots:
@@ -247,7 +270,7 @@ class MixupRecommender:
         """LLM text (generated here unless given) + ID state → one search per shopper (two
         with the repeat/explore split)."""
         texts = list(texts) if texts is not None else self.generate(histories)
-        text_vecs = self.text_vectors(texts)
+        text_vecs = self.text_query(histories, self.text_vectors(texts))
         states = self.user_states(histories)
         q = self.queries(text_vecs, states)
         exclude = self.exclusions(histories, text_vecs, self.stored_vectors)

@@ -69,6 +69,7 @@ ENGINES = ("torch", "onnx")
 UNINFORMATIVE = {"", "unknown", "none", "nan", "n/a"}  # LLM targets not worth teaching
 ALWAYS_EXCLUDE = 2.0  # a re-buy threshold above any cosine: bought items never come back
 REBUY_THRESHOLDS: tuple[float | None, ...] = (None, ALWAYS_EXCLUDE, 0.95, 0.9, 0.8)
+ANCHORS = (0.0, 0.2, 0.4, 0.6, 0.8)  # shares of the last item's title in the text query (1 would drop the LLM)
 SIGMA_FACTORS = (0.5, 1.0, 2.0)  # logit ID half: σ = factor × (spread of logits / spread of cosines)
 
 
@@ -102,6 +103,7 @@ class TrainConfig:
     max_new_tokens: int = 24
     gen_batch_size: int = 16
     lambdas: tuple[float, ...] = DEFAULT_LAMBDAS
+    anchors: tuple[float, ...] = ANCHORS  # shares of the last item's title in the text query tried
     id_halves: tuple[str, ...] = ID_HALVES
     rebuy_thresholds: tuple[float | None, ...] = REBUY_THRESHOLDS
     seed: int = 0
@@ -287,6 +289,7 @@ def fit_encoder(dataset: Dataset, name: str, sasrec: SASRec, val: Validation, cf
     costs[f"title_vectors_{name}_seconds"] = round(time.perf_counter() - t0, 2)
     halves = ValidationHalves.of(titles, embed_texts(encoder, val.texts), val, sasrec, dataset.items)
     choice = choose_fusion(halves, val.events.targets, cfg)
+    choice = choose_anchor(halves, val.events.targets, choice, cfg.anchors, cfg.lambdas)
     if cfg.repeat_term:
         choice = choose_repeat(halves, val.events.targets, choice, cfg.lambdas)
     log.info("%s: %s, imputation %s; validation R@10 %.4f", name, choice["fusion"],
@@ -485,7 +488,8 @@ def validation_examples(dataset: Dataset, cfg: TrainConfig, tokenizer: Any,
 class ValidationHalves:
     """The two halves of the blend on validation, precomputed once, so every candidate
     fusion costs one weighted sum: ``text`` = cos(t_q, t_i); ``ids[(impute, id_half)]`` =
-    cos(u, e_i) or the raw logit u·e_i; ``bought`` = each event's bought catalog rows."""
+    cos(u, e_i) or the raw logit u·e_i; ``bought`` = each event's bought catalog rows;
+    ``last`` = cos(t_last, t_i) and ``text_last`` = cos(t_q, t_last) for the anchored query."""
 
     text: np.ndarray
     ids: dict[tuple[bool, str], np.ndarray]
@@ -493,6 +497,8 @@ class ValidationHalves:
     imputers: dict[str, IdImputer]
     bought: list[np.ndarray]
     recent: list[np.ndarray] = field(default_factory=list)  # distinct history rows, newest first
+    last: np.ndarray | None = None
+    text_last: np.ndarray | None = None
 
     @classmethod
     def of(cls, titles: np.ndarray, text_vecs: np.ndarray, val: Validation, sasrec: SASRec,
@@ -510,12 +516,30 @@ class ValidationHalves:
                 id_emb[(impute, id_half)] = e
                 u = unit(val.states) if id_half == "cosine" else val.states
                 ids[(impute, id_half)] = (u @ (unit(e) if id_half == "cosine" else e).T).astype(np.float32)
-        text = (unit(text_vecs) @ unit(titles).T).astype(np.float32)
+        t_hat = unit(titles)
+        text = (unit(text_vecs) @ t_hat.T).astype(np.float32)
         index = {item: r for r, item in enumerate(items["item_id"].astype(str))}
+        rows = [index.get(h.item_ids[-1]) if h.item_ids else None for h in val.histories]
+        last_vecs = np.array([t_hat[r] if r is not None else np.zeros(t_hat.shape[1]) for r in rows])
+        last = (last_vecs @ t_hat.T).astype(np.float32)
+        text_last = np.sum(unit(text_vecs) * last_vecs, axis=1)
         bought = [np.array([index[i] for i in h.bought() if i in index], dtype=np.int64) for h in val.histories]
         recent = [np.array([index[i] for i in dict.fromkeys(reversed(h.item_ids)) if i in index], dtype=np.int64)
                   for h in val.histories]
-        return cls(text, ids, id_emb, imputers, bought, recent)
+        return cls(text, ids, id_emb, imputers, bought, recent, last, text_last)
+
+    def text_at(self, anchor: float) -> np.ndarray:
+        """cos(t_q, t_i) for the anchored text query unit((1−a)·t̂_gen + a·t̂_last): the two
+        cosines mixed, over the mixed vector's length (zero rows stay zero)."""
+        if not anchor or self.last is None or self.text_last is None:
+            return self.text
+        a = float(anchor)
+        gen = (np.abs(self.text).sum(axis=1) > 0).astype(np.float64)
+        has_last = (np.abs(self.last).sum(axis=1) > 0).astype(np.float64)
+        norm2 = (1 - a) ** 2 * gen + a ** 2 * has_last + 2 * a * (1 - a) * self.text_last
+        norm = np.sqrt(np.maximum(norm2, 0.0))[:, None]
+        mixed = (1 - a) * self.text + a * self.last
+        return np.divide(mixed, norm, out=np.zeros_like(mixed), where=norm > 0).astype(np.float32)
 
     def sigma_base(self, impute: bool) -> float:
         """Spread of the logits over the spread of the text cosines: σ = 1× this puts the halves on a par."""
@@ -526,10 +550,11 @@ class ValidationHalves:
         ids = self.ids[(impute, fusion.id_half)]
         if fusion.id_half == "logit":
             ids = ids / fusion.sigma
-        s = fusion.lam * self.text + (1.0 - fusion.lam) * ids
+        text = self.text_at(fusion.anchor)
+        s = fusion.lam * text + (1.0 - fusion.lam) * ids
         if fusion.rebuy_threshold is not None:
             for r, rows in enumerate(self.bought):
-                out = rows[~(self.text[r, rows] >= fusion.rebuy_threshold)]
+                out = rows[~(text[r, rows] >= fusion.rebuy_threshold)]
                 s[r, out] = -np.inf
         if fusion.repeat:
             s = s.astype(np.float64)
@@ -575,6 +600,29 @@ def choose_fusion(h: ValidationHalves, targets: np.ndarray, cfg: TrainConfig) ->
     }
 
 
+def choose_anchor(h: ValidationHalves, targets: np.ndarray, choice: dict[str, Any],
+                  anchors: Sequence[float], lambdas: Sequence[float]) -> dict[str, Any]:
+    """The share of the last item's title in the text query (× λ again, since the text half
+    changes), on top of the chosen fusion; kept only when it beats the generated text alone.
+    The per-anchor best is recorded so the report shows what the generated text is worth."""
+    base = Fusion.from_json(choice["fusion"])
+    impute = choice["impute"]
+    best, curve = (choice["objective"], choice["val_recall@10"], choice["val_mrr"], base), {}
+    for a in anchors:
+        for lam in lambdas:
+            fusion = base.with_anchor(a).with_lambda(lam)
+            ranks = target_ranks(h.scores(fusion, impute), targets)
+            recall, m = recall_at_k(ranks, CHOICE_K), mrr(ranks)
+            curve[str(float(a))] = max(curve.get(str(float(a)), 0.0), recall)
+            if a and recall + TIE_BREAK * m > best[0]:
+                best = (recall + TIE_BREAK * m, recall, m, fusion)
+    out = {**choice, "anchor": {"val_curve": curve, "kept": best[3].anchor > 0}}
+    if best[3].anchor > 0:
+        out.update({"fusion": best[3].to_json(), "objective": best[0], "val_recall@10": best[1],
+                    "val_mrr": best[2]})
+    return out
+
+
 REPEAT_RANKS = 5  # repeat weights for the 4 newest distinct history items, one for the rest
 REPEAT_FACTORS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # × the spread of the blended scores
 
@@ -589,7 +637,7 @@ def choose_repeat(h: ValidationHalves, targets: np.ndarray, choice: dict[str, An
     """
     base = Fusion.from_json(choice["fusion"])
     impute = choice["impute"]
-    plain = Fusion(base.lam, base.id_half, base.sigma, None)
+    plain = Fusion(base.lam, base.id_half, base.sigma, None, anchor=base.anchor)
     s = h.scores(plain, impute)
     spread = float(np.mean(np.std(np.where(np.isfinite(s), s, 0.0), axis=1)))
 
@@ -632,7 +680,7 @@ def choose_split(h: ValidationHalves, targets: np.ndarray, fusion: Fusion, imput
     repeat_s = h.scores(fusion, impute)
     best: dict[str, Any] = {"objective": -1.0}
     for lam in lambdas:
-        explore = h.scores(Fusion(float(lam), fusion.id_half, fusion.sigma, None), impute)
+        explore = h.scores(Fusion(float(lam), fusion.id_half, fusion.sigma, None, anchor=fusion.anchor), impute)
         for slots in SPLIT_SLOTS:
             ranks = target_ranks(split_scores(repeat_s, explore, h.recent, slots), targets)
             recall, m = recall_at_k(ranks, CHOICE_K), mrr(ranks)

@@ -61,10 +61,11 @@ class Retriever:
     def search(self, requests: list[tuple[History, str, int]]) -> list[list[SearchHit]]:
         """(history, generated text, k) per shopper -> ranked in-stock items, best first."""
         histories = [h for h, _, _ in requests]
-        text_vecs = self.rec.text_vectors([t for _, t, _ in requests])
+        items = self.collection()
+        text_vecs = self.rec.text_query(histories, self.rec.text_vectors([t for _, t, _ in requests]),
+                                        items.vectors)
         states = self.rec.user_states(histories)
         queries = self.rec.queries(text_vecs, states)
-        items = self.collection()
         exclude = self.rec.exclusions(histories, text_vecs, items.vectors)
         k_max = max(k for _, _, k in requests)
         boosts = self.rec.boosts(histories)

@@ -71,9 +71,27 @@ def clean_output(raw: str, finished: bool = True) -> tuple[str, bool]:
         text = text[1:-1].strip()
     text = text.strip(_QUOTES).rstrip(".").strip()
     text = re.sub(r"\s+", " ", text)
-    ok = (bool(text) and text == first and len(lines) <= 1 and finished
+    text, looped = cut_repeats(text)
+    ok = (bool(text) and text == first and len(lines) <= 1 and finished and not looped
           and len(text.split()) <= MAX_ANSWER_WORDS)
     return text, not ok
+
+
+def cut_repeats(text: str) -> tuple[str, bool]:
+    """(text, cut): ``text`` up to where a pair of words comes round again.
+
+    A small model that has lost its way loops ("Rose Gold Rose Gold Rose ..."); the loop
+    adds nothing to the title and pulls its embedding towards the looped words.  A repeated
+    single word is kept: titles repeat words ("Gold Plated ... Rose Gold").
+    """
+    words = text.split(" ")
+    seen: set[tuple[str, str]] = set()
+    for i in range(len(words) - 1):
+        pair = (words[i].lower(), words[i + 1].lower())
+        if pair in seen:
+            return " ".join(words[:i + 1]).rstrip(" ,;-"), True
+        seen.add(pair)
+    return text, False
 
 
 class _StopAtLineEnd(StoppingCriteria):

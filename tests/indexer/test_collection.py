@@ -85,6 +85,11 @@ def test_milvus_search_equals_the_in_process_index(milvus, tiny_bundle):
     local = split.recommend(hist, k=10, texts=texts)
     for a, b in zip(merged, local, strict=True):
         assert [h.item_id for h in a] == [h.item_id for h in b.items] and all(h.title for h in a)
+    # the anchored text query with the last items' titles from Milvus (serving) = in process
+    anchored = MixupRecommender(bundle, engine="onnx", device="cpu", fusion=repeat.fusion.with_anchor(0.5))
+    vecs = anchored.text_vectors(texts)
+    np.testing.assert_allclose(anchored.text_query(hist, vecs, items.vectors), anchored.text_query(hist, vecs),
+                               atol=1e-6)
     again = build_index(client, bundle, ALIAS, progress=False)
     assert again.reused and again.collection == report.collection
     client.close()

@@ -29,6 +29,13 @@ def test_keys_are_unique_per_event_and_answers_round_trip(tmp_path):
         again.require("lora-x", "other")
 
 
+def test_a_file_made_before_a_cleaning_rule_is_cleaned_as_serving_would(tmp_path):
+    looped = "Sterling Silver 18K Gold Rose Gold Rose Gold Rose"
+    answers = Answers("lora-x", "hash", val={"k": looped}, test={"k": "Green Wool Scarf"})
+    again = Answers.load(answers.save(tmp_path / "answers.json"))
+    assert again.val["k"] == "Sterling Silver 18K Gold Rose Gold" and again.test["k"] == "Green Wool Scarf"
+
+
 class EchoGenerator:
     """Pure-logic stand-in: answers with the prompt's length (the real generator is covered
     by the LLM tests and bench_convergence.py)."""

@@ -61,7 +61,8 @@ def test_evaluate_end_to_end(tmp_path: Path, one_thread: None) -> None:
     metrics = json.loads((out / "metrics.json").read_text())
     expected = {"popularity", "co-occurrence", "sasrec", "id-only", "title-only (lstm)",
                 "mix-up (lstm)", CONTENT, LAST_TITLE_MIXUP}
-    assert expected <= set(metrics["systems"]) <= expected | {"mix-up without repeat term (lstm)"}
+    assert expected <= set(metrics["systems"]) <= expected | {"mix-up without repeat term (lstm)",
+                                                              "mix-up, generated text alone (lstm)"}
     assert set(metrics["slices"]) == {"all", "repeat", "explore", "cold-start"}
     for slice_systems in [metrics["systems"], *metrics["slices"].values()]:
         for m in slice_systems.values():
@@ -82,10 +83,14 @@ def test_evaluate_end_to_end(tmp_path: Path, one_thread: None) -> None:
     assert choice["lambda"] in cfg.lambdas
     assert choice["one_vector_search_max_abs_diff"] < 1e-4
     assert len(result.sweep["lstm"]) == len(cfg.lambdas)
+    anchors = [r["anchor"] for r in choice["anchor_sweep"]]  # what the last item's title adds to the text
+    assert anchors == sorted({0.0, *cfg.anchors, 1.0}) and set(choice["anchor"]["val_curve"]) >= {"0.0"}
+    if choice["fusion"]["anchor"]:
+        assert "mix-up, generated text alone (lstm)" in metrics["systems"]
     learned = max(result.systems["mix-up (lstm)"]["recall@10"], result.systems["sasrec"]["recall@10"])
     assert learned > result.systems["popularity"]["recall@10"]
     report = (out / "report.md").read_text()
-    assert "score-level blend" in report and "hold" in report
+    assert "score-level blend" in report and "hold" in report and "the last item's title" in report
     assert result.costs["lora_seconds_per_step"] > 0 and 0 <= result.costs["malformed_rate"] <= 1
     assert [e["step"] for e in result.costs["lora_held_out_curve"]] == [0, 1, 2]
 

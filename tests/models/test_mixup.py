@@ -13,6 +13,7 @@ from models.mixup import (
     IdImputer,
     MixupIndex,
     QueryMemory,
+    anchored_text,
     blended_score,
     choose_lambda,
     mixup_item_vectors,
@@ -214,3 +215,30 @@ def test_repeat_explore_split_answer_and_scores_agree():
                         [{"a", "c", "e"}], slots=2, k=4)
     assert [i for i, _ in rows[0]] == order[:4]
     assert Fusion(0.3, repeat=(1.0,), repeat_slots=2).with_repeat(()).repeat_slots == 0
+
+
+def test_anchored_text_mixes_unit_vectors_and_round_trips():
+    gen, last = np.array([[3.0, 0.0], [0.0, 0.0], [1.0, 0.0]]), np.array([[0.0, 2.0], [0.0, 5.0], [0.0, 0.0]])
+    got = anchored_text(gen, last, 0.5)
+    np.testing.assert_allclose(got, [[2 ** -0.5, 2 ** -0.5], [0.0, 1.0], [1.0, 0.0]])  # a missing half adds nothing
+    np.testing.assert_array_equal(anchored_text(gen, last, 0.0), gen)
+    fusion = Fusion(0.3, anchor=0.4).with_repeat((1.0,), 2, 0.8)
+    assert Fusion.from_json(fusion.to_json()) == fusion and fusion.explore().anchor == 0.4
+    with pytest.raises(ValueError, match="anchor"):
+        Fusion(0.3, anchor=1.5)
+
+
+def test_validation_text_at_anchor_equals_the_anchored_query():
+    """What validation scores for an anchor is the cosine of the served anchored query."""
+    from models.train import ValidationHalves
+
+    rng = np.random.default_rng(0)
+    titles, gen = unit(rng.normal(size=(30, 8))), rng.normal(size=(5, 8))
+    gen[2] = 0.0  # a shopper without generated text
+    last_rows = [4, 7, 0, 12, 29]
+    h = ValidationHalves(text=(unit(gen) @ titles.T).astype(np.float32), ids={}, id_emb={}, imputers={},
+                         bought=[], last=(titles[last_rows] @ titles.T).astype(np.float32),
+                         text_last=np.sum(unit(gen) * titles[last_rows], axis=1))
+    for a in (0.0, 0.3, 0.8):
+        want = unit(anchored_text(gen, titles[last_rows], a)) @ titles.T
+        np.testing.assert_allclose(h.text_at(a), want, atol=1e-5)

@@ -83,6 +83,39 @@ def test_repeat_term_at_weight_zero_changes_nothing(tiny_bundle):
         np.testing.assert_allclose([x.score for x in a.items], [x.score for x in b.items], rtol=1e-6)
 
 
+@pytest.mark.parametrize("slots", [0, 2])
+def test_anchored_text_query_search_equals_the_whole_catalog_ranking(tiny_bundle, slots):
+    """With the last item's title mixed into the text query, the search (and the split)
+    still gives the order of the whole-catalog scores; anchor 0 changes nothing, and the
+    anchor really moves the answer."""
+    bundle = Bundle.load(tiny_bundle.folder)
+    base = Fusion(0.6, "logit", 1.0, None, repeat=(1.0,) if slots else (), repeat_slots=slots, explore_lam=0.9)
+    hist = histories(bundle)
+    texts = ["blue summer dress"] * len(hist)
+    anchored = MixupRecommender(bundle, fusion=base.with_anchor(0.6))
+    scores = anchored.answer_scores(hist, anchored.text_vectors(texts), anchored.user_states(hist))
+    answers = anchored.recommend(hist, k=10, texts=texts)
+    for answer, row in zip(answers, scores, strict=True):
+        assert [x.item_id for x in answer.items] == [anchored.item_ids[j] for j in np.argsort(-row, kind="stable")[:10]]
+    plain = MixupRecommender(bundle, fusion=base)
+    zero = MixupRecommender(bundle, fusion=base.with_anchor(0.0))
+    vecs = plain.text_vectors(texts)
+    np.testing.assert_array_equal(zero.answer_scores(hist, vecs, plain.user_states(hist)),
+                                  plain.answer_scores(hist, vecs, plain.user_states(hist)))
+    unanchored = plain.recommend(hist, k=10, texts=texts)
+    assert [[x.item_id for x in a.items] for a in answers] != [[x.item_id for x in a.items] for a in unanchored]
+
+
+def test_text_query_is_the_last_title_at_anchor_one(tiny_bundle):
+    bundle = Bundle.load(tiny_bundle.folder)
+    rec = MixupRecommender(bundle, fusion=bundle.fusion().with_anchor(1.0))
+    hist = histories(bundle)
+    got = rec.text_query(hist, rec.text_vectors(["anything at all"] * len(hist)))
+    stored = rec.stored_vectors([h.item_ids[-1] for h in hist])
+    want = np.array([stored[h.item_ids[-1]][:rec.text_dim] for h in hist])
+    np.testing.assert_allclose(got, want / np.linalg.norm(want, axis=1, keepdims=True), atol=1e-6)
+
+
 def test_id_only_is_the_same_search_at_lambda_zero(tiny_bundle):
     bundle = Bundle.load(tiny_bundle.folder)
     rec = MixupRecommender(bundle, fusion=bundle.fusion().with_lambda(0.0).with_repeat(()))

@@ -63,7 +63,11 @@ def test_empty_batch() -> None:
     ("The next product the shopper will buy is a **White Cotton Shirt**", True,
      "White Cotton Shirt", True),
     ("", True, "", True),
-    ("word " * 40, True, ("word " * 40).strip(), True),
+    (" ".join(f"w{i}" for i in range(40)), True, " ".join(f"w{i}" for i in range(40)), True),
+    ("Sterling Silver 18K Gold Rose Gold Rose Gold Rose", False, "Sterling Silver 18K Gold Rose Gold",
+     True),  # a loop is cut where a pair of words comes round again
+    ("word " * 40, True, "word word", True),
+    ("Rose Gold Plated Ring, Gold", True, "Rose Gold Plated Ring, Gold", False),  # a word may recur
 ])
 def test_clean_output(raw: str, finished: bool, text: str, malformed: bool) -> None:
     assert clean_output(raw, finished) == (text, malformed)
