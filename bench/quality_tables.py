@@ -4,7 +4,8 @@
 
 Per data set: every system on the paired (LLM) test events with Recall@10 [95% CI],
 NDCG@10 and MRR; the paired differences of each mix-up against its rivals; Recall@10 /
-NDCG@10 on the repeat, explore and cold-start slices; and the choices made on validation.
+NDCG@10 on the repeat, explore and cold-start slices; the text query's share of the last
+item's title; and the choices made on validation.
 """
 
 from __future__ import annotations
@@ -48,6 +49,16 @@ def tables(result: dict[str, Any]) -> str:
         cells = [f"{result['slices'][s][name]['recall@10']:.4f} / {result['slices'][s][name]['ndcg@10']:.4f}"
                  for s in slices]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for enc, c in result["choices"].items():
+        if c.get("anchor_sweep"):
+            lines += ["", f"Text query ({enc}), share *a* of the last item's title (chosen a = "
+                      f"{c['fusion'].get('anchor', 0.0):.1f}); test figures at the served λ:", "",
+                      "| a | mix-up R@10 / NDCG@10 | text half R@10 | validation R@10 |", "|---|---|---|---|"]
+            val = (c.get("anchor") or {}).get("val_curve", {})
+            for r in c["anchor_sweep"]:
+                v = val.get(str(float(r["anchor"])))
+                lines.append(f"| {r['anchor']:.1f} | {r['recall@10']:.4f} / {r['ndcg@10']:.4f} | "
+                             f"{r['text_only_recall@10']:.4f} | {'' if v is None else f'{v:.4f}'} |")
     lines += ["", "Chosen on validation: " + "; ".join(
         f"{enc}: {json.dumps(c['fusion'])}" for enc, c in result["choices"].items()), ""]
     claim = result["claim"]["per_encoder"]

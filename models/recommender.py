@@ -14,14 +14,17 @@ The stages, each batched:
    :meth:`MixupRecommender.exclusions` lists bought items to leave out (unless the text
    names them: a predicted re-buy).
 3. :meth:`MixupRecommender.search`: one inner-product search over the stored item vectors,
-   out-of-stock items never answered.
+   out-of-stock items never answered, on a :class:`SearchBackend`: the in-process index
+   here, the bundle's Milvus collection in serving. :meth:`MixupRecommender.recommend`
+   composes the stages (repeat term and repeat/explore split included) for either, so the
+   Retriever runs this very code rather than a copy of it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -72,6 +75,40 @@ class Ranked:
     items: list[Hit]
     generated_text: str
     path: str
+
+
+class ScoredItem(Protocol):
+    item_id: str
+    score: float
+
+
+class SearchBackend(Protocol):
+    """Where the stored item vectors are searched: :class:`LocalSearch` (the in-process
+    index) or, in serving, :class:`indexer.collection.ItemCollection` (Milvus)."""
+
+    def search(self, queries: np.ndarray, k: int, exclude: Sequence[Sequence[str]]
+               ) -> Sequence[Sequence[ScoredItem]]:
+        """The ``k`` best in-stock items per query row, ``exclude[r]`` left out of row ``r``."""
+        ...
+
+    def vectors(self, item_ids: Iterable[str], in_stock_only: bool = False) -> Mapping[str, np.ndarray]:
+        """Stored vectors of the given items that the backend holds."""
+        ...
+
+
+class LocalSearch:
+    """The in-process index as a :class:`SearchBackend` (exact; evaluation and tests)."""
+
+    def __init__(self, index: MixupIndex) -> None:
+        self.index = index
+
+    def search(self, queries: np.ndarray, k: int, exclude: Sequence[Sequence[str]]) -> list[list[Hit]]:
+        return self.index.search(np.atleast_2d(queries), k=k, exclude=list(exclude))
+
+    def vectors(self, item_ids: Iterable[str], in_stock_only: bool = False) -> dict[str, np.ndarray]:
+        rows = self.index.index
+        return {i: self.index.vectors[rows[i]] for i in item_ids
+                if i in rows and (not in_stock_only or self.index.available[rows[i]])}
 
 
 class MixupRecommender:
@@ -209,27 +246,32 @@ class MixupRecommender:
         return [repeat_boosts(h.item_ids, weights) for h in histories]
 
     # -- stage 3: the search (Milvus in serving; exact and in process here) -----------------
+    @property
+    def local(self) -> LocalSearch:
+        """The in-process index as a search backend."""
+        return LocalSearch(self.index)
+
     def stored_vectors(self, item_ids: Sequence[str]) -> dict[str, np.ndarray]:
-        return {i: self.index.vectors[self.index.index[i]] for i in item_ids if i in self.index.index}
+        return self.local.vectors(item_ids)
 
     def rankable_vectors(self, item_ids: Sequence[str]) -> dict[str, np.ndarray]:
         """Stored vectors of the items that may be answered (in the catalog and in stock)."""
-        return {i: v for i, v in self.stored_vectors(item_ids).items()
-                if self.index.available[self.index.index[i]]}
+        return self.local.vectors(item_ids, in_stock_only=True)
 
     def search(self, queries: np.ndarray, exclude: Sequence[Sequence[str]], k: int,
-               boosts: Sequence[Mapping[str, float]] | None = None, keep_own: bool = False) -> list[list[Hit]]:
+               boosts: Sequence[Mapping[str, float]] | None = None, keep_own: bool = False,
+               backend: SearchBackend | None = None) -> list[list[Hit]]:
         """The ``k`` best per query; with the repeat term, over the search's candidates plus
-        the shopper's history items (:func:`with_repeats`, what serving runs after Milvus).
-        ``keep_own`` keeps every candidate, so the split sees all of a shopper's own items."""
+        the shopper's history items (:func:`with_repeats`). ``keep_own`` keeps every
+        candidate, so the split sees all of a shopper's own items."""
+        b = backend or self.local
         q = np.atleast_2d(queries)
-        extra = max((len(b) for b in boosts), default=0) if boosts else 0
-        found = self.index.search(q, k=k + extra, exclude=list(exclude))
-        if not extra:
-            return found
-        rows = [[(h.item_id, h.score) for h in row] for row in found]
-        return [[Hit(i, s) for i, s in row]
-                for row in with_repeats(rows, q, boosts, exclude, self.rankable_vectors, None if keep_own else k)]
+        extra = max((len(x) for x in boosts), default=0) if boosts else 0
+        rows = [[(h.item_id, h.score) for h in row] for row in b.search(q, k + extra, exclude)]
+        if extra:
+            rows = with_repeats(rows, q, boosts, exclude, lambda ids: b.vectors(ids, in_stock_only=True),
+                                None if keep_own else k)
+        return [[Hit(i, s) for i, s in row] for row in rows]
 
     def scores(self, queries: np.ndarray, exclude: Sequence[Sequence[str]],
                boosts: Sequence[Mapping[str, float]] | None = None) -> np.ndarray:
@@ -266,18 +308,21 @@ class MixupRecommender:
 
     # -- the whole path -------------------------------------------------------------------
     def recommend(self, histories: Sequence[History], k: int = 10,
-                  texts: Sequence[str] | None = None) -> list[Ranked]:
+                  texts: Sequence[str] | None = None, backend: SearchBackend | None = None) -> list[Ranked]:
         """LLM text (generated here unless given) + ID state → one search per shopper (two
-        with the repeat/explore split)."""
+        with the repeat/explore split), on ``backend`` (the in-process index by default; the
+        Retriever passes its Milvus collection)."""
+        b = backend or self.local
         texts = list(texts) if texts is not None else self.generate(histories)
-        text_vecs = self.text_query(histories, self.text_vectors(texts))
+        text_vecs = self.text_query(histories, self.text_vectors(texts), b.vectors)
         states = self.user_states(histories)
         q = self.queries(text_vecs, states)
-        exclude = self.exclusions(histories, text_vecs, self.stored_vectors)
-        found = self.search(q, exclude, k, self.boosts(histories), keep_own=bool(self.fusion.repeat_slots))
+        exclude = self.exclusions(histories, text_vecs, b.vectors)
+        found = self.search(q, exclude, k, self.boosts(histories), keep_own=bool(self.fusion.repeat_slots),
+                            backend=b)
         if self.fusion.repeat_slots:
             explore = self.search(self.queries(text_vecs, states, self.fusion.explore()), exclude,
-                                  k + self.fusion.repeat_slots)
+                                  k + self.fusion.repeat_slots, backend=b)
             rows = split_answer([[(h.item_id, h.score) for h in row] for row in found],
                                 [[(h.item_id, h.score) for h in row] for row in explore],
                                 [set(h.item_ids) for h in histories], self.fusion.repeat_slots, k)

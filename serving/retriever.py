@@ -1,11 +1,10 @@
 """The Retriever deployment: the mix-up query and one Milvus search per batch.
 
-It embeds the generated text with the bundle's title encoder (ONNX), takes the shopper's
-state from SASRec, builds the query vector and the re-buy exclusions with
-:class:`models.recommender.MixupRecommender` (the code evaluation scores), and searches the
-bundle's own Milvus collection (the alias's target while it holds this bundle), in-stock
-items only. Requests are batched so one search
-call answers many shoppers.
+It runs :meth:`models.recommender.MixupRecommender.recommend` (the code evaluation scores:
+the text query, SASRec's state, the mix-up query, the re-buy exclusions, the repeat term and
+the repeat/explore split) with the bundle's own Milvus collection (the alias's target while
+it holds this bundle) as its search, in-stock items only. Requests are batched so one
+search call answers many shoppers.
 """
 
 from __future__ import annotations
@@ -19,8 +18,7 @@ from ray import serve
 
 from indexer.collection import ItemCollection, SearchHit, connect, resolve_collection
 from models.bundle import Bundle
-from models.mixup import split_answer
-from models.recommender import History, MixupRecommender, with_repeats
+from models.recommender import History, MixupRecommender
 
 
 class MissingIndex(RuntimeError):
@@ -59,48 +57,38 @@ class Retriever:
         return await asyncio.to_thread(self.search, requests)
 
     def search(self, requests: list[tuple[History, str, int]]) -> list[list[SearchHit]]:
-        """(history, generated text, k) per shopper -> ranked in-stock items, best first."""
-        histories = [h for h, _, _ in requests]
-        items = self.collection()
-        text_vecs = self.rec.text_query(histories, self.rec.text_vectors([t for _, t, _ in requests]),
-                                        items.vectors)
-        states = self.rec.user_states(histories)
-        queries = self.rec.queries(text_vecs, states)
-        exclude = self.rec.exclusions(histories, text_vecs, items.vectors)
+        """(history, generated text, k) per shopper -> ranked in-stock items, best first:
+        :meth:`models.recommender.MixupRecommender.recommend` with Milvus as its search."""
+        titled = TitledSearch(self.collection())
         k_max = max(k for _, _, k in requests)
-        boosts = self.rec.boosts(histories)
-        extra = max((len(b) for b in boosts), default=0)
-        hits = items.search(queries, k_max + extra, exclude)
-        fusion = self.rec.fusion
-        if extra:  # the repeat term: the shopper's own items join the candidates, boosted
-            hits = repeat_hits(items, hits, queries, boosts, exclude, None if fusion.repeat_slots else k_max)
-        if fusion.repeat_slots:  # the repeat/explore split: a second search leaning on the text
-            explore = items.search(self.rec.queries(text_vecs, states, fusion.explore()),
-                                   k_max + fusion.repeat_slots, exclude)
-            hits = split_hits(hits, explore, histories, fusion.repeat_slots, k_max)
-        return [row[:k] for row, (_, _, k) in zip(hits, requests, strict=True)]
+        answers = self.rec.recommend([h for h, _, _ in requests], k_max, [t for _, t, _ in requests], backend=titled)
+        titles = titled.titles_of([h.item_id for a in answers for h in a.items])
+        return [[SearchHit(h.item_id, h.score, titles.get(h.item_id, "")) for h in a.items[:k]]
+                for a, (_, _, k) in zip(answers, requests, strict=True)]
 
     def describe(self) -> dict[str, Any]:
         return {"bundle_version": self.version, "collection": self.items.name}
 
 
-def repeat_hits(items: ItemCollection, hits: list[list[SearchHit]], queries: Any, boosts: list[dict[str, float]],
-                exclude: list[list[str]], k: int | None) -> list[list[SearchHit]]:
-    """The repeat term after the Milvus search: :func:`models.recommender.with_repeats` over
-    the hits plus the shoppers' in-stock history items, fetched from the collection (all
-    kept with ``k`` None, for the repeat/explore split)."""
-    rows = [[(h.item_id, h.score) for h in row] for row in hits]
-    ranked = with_repeats(rows, queries, boosts, exclude, lambda ids: items.vectors(ids, in_stock_only=True), k)
-    titles = {h.item_id: h.title for row in hits for h in row}
-    titles.update(items.titles([i for row in ranked for i, _ in row if i not in titles]))
-    return [[SearchHit(i, s, titles.get(i, "")) for i, s in row] for row in ranked]
+class TitledSearch:
+    """The Milvus collection as the recommender's search backend, keeping the titles its
+    hits carry: an answer's titles then cost a fetch only for the shopper's own items that
+    the repeat term brought in."""
 
+    def __init__(self, items: ItemCollection) -> None:
+        self.items = items
+        self.titles: dict[str, str] = {}
 
-def split_hits(repeat: list[list[SearchHit]], explore: list[list[SearchHit]], histories: list[History],
-               slots: int, k: int) -> list[list[SearchHit]]:
-    """:func:`models.mixup.split_answer` over Milvus hits (titles kept)."""
-    titles = {h.item_id: h.title for rows in (repeat, explore) for row in rows for h in row}
-    ranked = split_answer([[(h.item_id, h.score) for h in row] for row in repeat],
-                          [[(h.item_id, h.score) for h in row] for row in explore],
-                          [set(h.item_ids) for h in histories], slots, k)
-    return [[SearchHit(i, s, titles.get(i, "")) for i, s in row] for row in ranked]
+    def search(self, queries: Any, k: int, exclude: Any) -> list[list[SearchHit]]:
+        hits = self.items.search(queries, k, exclude)
+        self.titles.update((h.item_id, h.title) for row in hits for h in row)
+        return hits
+
+    def vectors(self, item_ids: Any, in_stock_only: bool = False) -> dict[str, Any]:
+        return self.items.vectors(item_ids, in_stock_only=in_stock_only)
+
+    def titles_of(self, item_ids: list[str]) -> dict[str, str]:
+        missing = [i for i in dict.fromkeys(item_ids) if i not in self.titles]
+        if missing:
+            self.titles.update(self.items.titles(missing))
+        return self.titles

@@ -17,7 +17,8 @@ from indexer.collection import ItemCollection, alias_target, collection_name, co
 from models.bundle import MANIFEST, Bundle, bundle_version
 from models.mixup import Fusion
 from models.recommender import History, MixupRecommender
-from serving.retriever import repeat_hits, split_hits
+from models.train import ALWAYS_EXCLUDE
+from serving.retriever import TitledSearch
 from stylestream.devstack.milvus import EmbeddedMilvus, running_endpoint
 
 pytestmark = pytest.mark.slow
@@ -64,32 +65,20 @@ def test_milvus_search_equals_the_in_process_index(milvus, tiny_bundle):
     np.testing.assert_allclose(stored[hist[0].bought()[0]], rec.stored_vectors(hist[0].bought())[hist[0].bought()[0]],
                                atol=1e-6)
     assert "no-such-item" not in stored
-    # the repeat term after the Milvus search (serving) = the in-process search with it
-    repeat = MixupRecommender(bundle, engine="onnx", device="cpu",
-                              fusion=Fusion(0.5, "logit", 1.0, None, repeat=(3.0, 1.0, 0.2)))
-    q = repeat.queries(repeat.text_vectors(["red dress"] * len(hist)), repeat.user_states(hist))
-    boosts = repeat.boosts(hist)
-    no_exclusions = [[] for _ in hist]
-    extra = max(len(b) for b in boosts)
-    served = repeat_hits(items, items.search(q, k=10 + extra, exclude=no_exclusions), q, boosts, no_exclusions, 10)
-    for a, b in zip(served, repeat.search(q, no_exclusions, 10, boosts), strict=True):
-        assert [h.item_id for h in a] == [h.item_id for h in b] and all(h.title for h in a)
-        np.testing.assert_allclose([h.score for h in a], [h.score for h in b], atol=1e-4)
-    # and the repeat/explore split: a second Milvus search at the explore λ, merged
-    split = MixupRecommender(bundle, engine="onnx", device="cpu",
-                             fusion=repeat.fusion.with_repeat(repeat.fusion.repeat, 2, 0.9))
+    # the Retriever's answer: the one recommend() with Milvus as its search = in process, for
+    # the repeat term, the repeat/explore split and the anchored text query (titles carried)
     texts = ["red dress"] * len(hist)
-    explore_q = split.queries(split.text_vectors(texts), split.user_states(hist), split.fusion.explore())
-    own = repeat_hits(items, items.search(q, k=10 + extra, exclude=no_exclusions), q, boosts, no_exclusions, None)
-    merged = split_hits(own, items.search(explore_q, k=12, exclude=no_exclusions), hist, 2, 10)
-    local = split.recommend(hist, k=10, texts=texts)
-    for a, b in zip(merged, local, strict=True):
-        assert [h.item_id for h in a] == [h.item_id for h in b.items] and all(h.title for h in a)
-    # the anchored text query with the last items' titles from Milvus (serving) = in process
-    anchored = MixupRecommender(bundle, engine="onnx", device="cpu", fusion=repeat.fusion.with_anchor(0.5))
-    vecs = anchored.text_vectors(texts)
-    np.testing.assert_allclose(anchored.text_query(hist, vecs, items.vectors), anchored.text_query(hist, vecs),
-                               atol=1e-6)
+    repeat = Fusion(0.5, "logit", 1.0, None, repeat=(3.0, 1.0, 0.2))
+    for fusion in (repeat, repeat.with_repeat(repeat.repeat, 2, 0.9), repeat.with_anchor(0.5),
+                   Fusion(0.7, "logit", 1.0, ALWAYS_EXCLUDE, anchor=0.3)):
+        rec = MixupRecommender(bundle, engine="onnx", device="cpu", fusion=fusion)
+        titled = TitledSearch(items)
+        served = rec.recommend(hist, k=10, texts=texts, backend=titled)
+        titles = titled.titles_of([h.item_id for a in served for h in a.items])
+        for a, b in zip(served, rec.recommend(hist, k=10, texts=texts), strict=True):
+            assert [h.item_id for h in a.items] == [h.item_id for h in b.items], fusion
+            np.testing.assert_allclose([h.score for h in a.items], [h.score for h in b.items], atol=1e-4)
+            assert all(titles.get(h.item_id) for h in a.items)
     again = build_index(client, bundle, ALIAS, progress=False)
     assert again.reused and again.collection == report.collection
     client.close()
