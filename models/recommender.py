@@ -264,7 +264,7 @@ class MixupRecommender:
         """The ``k`` best per query; with the repeat term, over the search's candidates plus
         the shopper's history items (:func:`with_repeats`). ``keep_own`` keeps every
         candidate, so the split sees all of a shopper's own items."""
-        b = backend or self.local
+        b = backend if backend is not None else self.local
         q = np.atleast_2d(queries)
         extra = max((len(x) for x in boosts), default=0) if boosts else 0
         rows = [[(h.item_id, h.score) for h in row] for row in b.search(q, k + extra, exclude)]
@@ -312,7 +312,7 @@ class MixupRecommender:
         """LLM text (generated here unless given) + ID state → one search per shopper (two
         with the repeat/explore split), on ``backend`` (the in-process index by default; the
         Retriever passes its Milvus collection)."""
-        b = backend or self.local
+        b = backend if backend is not None else self.local
         texts = list(texts) if texts is not None else self.generate(histories)
         text_vecs = self.text_query(histories, self.text_vectors(texts), b.vectors)
         states = self.user_states(histories)

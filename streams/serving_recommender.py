@@ -33,9 +33,10 @@ log = logging.getLogger(__name__)
 class ServingStats:
     llm: int = 0
     fallback: Counter[str] = field(default_factory=Counter)  # reason -> count
+    last_error: str = ""  # what the latest failed request said (status and body, or the exception)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"llm": self.llm, "fallback": dict(self.fallback)}
+        return {"llm": self.llm, "fallback": dict(self.fallback), "last_error": self.last_error}
 
 
 class ServingRecommender:
@@ -63,7 +64,9 @@ class ServingRecommender:
             self._missed()
             return await self._fall_back(request, "timeout")
         except (aiohttp.ClientError, ValueError, KeyError) as exc:
-            log.debug("LLM path failed: %s", exc)
+            if not self.stats.fallback["error"]:
+                log.warning("LLM path failed, the fast path answers (further failures: see /stats/): %s", exc)
+            self.stats.last_error = f"{type(exc).__name__}: {exc}"[:300]
             self._missed()
             return await self._fall_back(request, "error")
         finally:

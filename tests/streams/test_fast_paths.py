@@ -104,8 +104,8 @@ def test_serving_recommender_falls_back_by_reason(tiny_bundle):
     out = asyncio.run(scenario())
     answers, stats = out["answers"], out["stats"]
     assert answers["late"].path == answers["down"].path == "id-only" and answers["late"].items
-    assert stats["late"] == {"llm": 0, "fallback": {"timeout": 1}}
-    assert stats["down"] == {"llm": 0, "fallback": {"error": 1}}
+    assert stats["late"] == {"llm": 0, "fallback": {"timeout": 1}, "last_error": ""}
+    assert stats["down"]["fallback"] == {"error": 1} and "ClientConnectorError" in stats["down"]["last_error"]
     assert {a.path for a in answers["full"]} == {"id-only"} and stats["full"]["fallback"]["overload"] == 1
     assert answers["ok"].path == "llm" and answers["ok"].generated_text == "3 events" and stats["ok"]["llm"] == 1
 
