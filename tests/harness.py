@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from stylestream.topic_watch import TopicWatch  # noqa: F401 - the tests' way to follow recs.out
 
@@ -91,3 +94,54 @@ def tiny_llama(folder: Path, titles: list[str]) -> Path:
     tok.save_pretrained(folder)
     return folder
 
+
+
+@contextmanager
+def served_stack(home: Path, bundle: Any, indexer: bool = False, **settings: Any) -> Iterator[tuple]:
+    """(stack, bootstrap, worker, watch): the embedded broker, Milvus Lite, Ray Serve (one
+    Generator replica, answered once) and a worker on the LLM path (and the indexer), on the
+    tests' tiny bundle (``bundle``: the session's ``tiny_bundle``); ``settings`` override."""
+    from models.bundle import Bundle
+    from stylestream.config import Settings
+    from stylestream.devstack import DevStack
+    from stylestream.devstack.processes import free_port
+    from stylestream.records import RECS
+
+    defaults = {"serve_port": free_port(), "ray_dashboard_port": free_port(), "trigger_every_clicks": 2,
+                "trigger_idle_seconds": 0, "serving_timeout_ms": 5000, "gen_min_replicas": 1, "gen_max_replicas": 1}
+    config = Settings.from_env({"STYLESTREAM_HOME": str(home)}, bundle=bundle.folder, dataset=bundle.data_dir,
+                               **{**defaults, **settings})
+    stack = DevStack(config)
+    try:
+        bootstrap = stack.start_broker()
+        stack.start_milvus()
+        stack.start_serving()
+        warm_up(config.serve_port, sorted(Bundle.load(bundle.folder).items()["item_id"])[0])
+        if indexer:
+            stack.start_indexer()
+        worker = stack.start_worker()
+        watch = TopicWatch(bootstrap, RECS)
+        try:
+            yield stack, bootstrap, worker, watch
+        finally:
+            watch.close()
+    finally:
+        stack.close()
+
+
+def warm_up(port: int, item_id: str, timeout_s: float = 120.0) -> None:
+    """One answered request before a test's burst: Ray Serve's handles learn of the
+    replicas on their first request, and a burst that lands meanwhile is shed (503)."""
+    body = json.dumps({"user_id": "warm-up", "history": [{"item_id": item_id}]}).encode()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/recommend", data=body,
+                                         headers={"content-type": "application/json"})
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.5)

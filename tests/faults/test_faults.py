@@ -449,30 +449,12 @@ def llm_back_after(records: list[dict], fault_at: float) -> float | None:
 @pytest.fixture
 def served_stream(tmp_path, tiny_bundle):
     """Broker, Milvus Lite, Ray Serve (one Generator replica) and a worker on the LLM path."""
-    from harness import TopicWatch
+    from harness import served_stack
 
     from models.bundle import Bundle
-    from stylestream.config import Settings
-    from stylestream.devstack import DevStack
-    from stylestream.devstack.processes import free_port
-    from stylestream.records import RECS
 
-    settings = Settings.from_env({"STYLESTREAM_HOME": str(tmp_path / "home")}, bundle=tiny_bundle.folder,
-                                 dataset=tiny_bundle.data_dir, serve_port=free_port(), ray_dashboard_port=free_port(),
-                                 recommender="serving", trigger_every_clicks=2, trigger_idle_seconds=0,
-                                 serving_timeout_ms=5000, serving_max_in_flight=8,
-                                 gen_min_replicas=1, gen_max_replicas=1)
-    stack = DevStack(settings)
-    try:
-        bootstrap = stack.start_broker()
-        stack.start_milvus()
-        stack.start_serving()
-        worker = stack.start_worker()
-        watch = TopicWatch(bootstrap, RECS)
-        yield stack, bootstrap, worker, watch, sorted(Bundle.load(tiny_bundle.folder).items()["item_id"])
-        watch.close()
-    finally:
-        stack.close()
+    with served_stack(tmp_path / "home", tiny_bundle, recommender="serving", serving_max_in_flight=8) as stack:
+        yield (*stack, sorted(Bundle.load(tiny_bundle.folder).items()["item_id"]))
 
 
 def test_serve_faults_cost_llm_answers_not_events(served_stream, tiny_bundle):

@@ -11,57 +11,20 @@ import time
 import urllib.request
 
 import pytest
-from harness import TopicWatch, dumps, wait_for
+from harness import dumps, served_stack, wait_for
 from kafka import KafkaProducer
 
 from models.bundle import Bundle
-from stylestream.config import Settings
-from stylestream.devstack import DevStack
-from stylestream.devstack.processes import free_port
-from stylestream.records import CATALOG, CLICKS, PURCHASES, RECS
+from stylestream.records import CATALOG, CLICKS, PURCHASES
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory, tiny_bundle):
-    home = tmp_path_factory.mktemp("llm-path-home")
-    settings = Settings.from_env({"STYLESTREAM_HOME": str(home)}, bundle=tiny_bundle.folder,
-                                 dataset=tiny_bundle.data_dir, serve_port=free_port(), ray_dashboard_port=free_port(),
-                                 trigger_every_clicks=2, trigger_idle_seconds=0, serving_timeout_ms=5000,
-                                 serving_max_in_flight=32,
-                                 gen_min_replicas=1, gen_max_replicas=1)
-    stack = DevStack(settings)
-    try:
-        bootstrap = stack.start_broker()
-        stack.start_milvus()
-        stack.start_serving()
-        warm_up(settings.serve_port, sorted(Bundle.load(tiny_bundle.folder).items()["item_id"])[0])
-        stack.start_indexer()
-        worker = stack.start_worker()
-        watch = TopicWatch(bootstrap, RECS)
-        yield stack, bootstrap, worker, watch
-        watch.close()
-    finally:
-        stack.close()
-
-
-def warm_up(port: int, item_id: str, timeout_s: float = 120.0) -> None:
-    """One answered request before the test's burst: Ray Serve's handles learn of the
-    replicas on their first request, and a burst that lands meanwhile is shed (503)."""
-    body = json.dumps({"user_id": "warm-up", "history": [{"item_id": item_id}]}).encode()
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            req = urllib.request.Request(f"http://127.0.0.1:{port}/recommend", data=body,
-                                         headers={"content-type": "application/json"})
-            with urllib.request.urlopen(req, timeout=60) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(0.5)
+    with served_stack(tmp_path_factory.mktemp("llm-path-home"), tiny_bundle, indexer=True,
+                      serving_max_in_flight=32) as stack:
+        yield stack
 
 
 def send(bootstrap: str, events: list[tuple[str, dict]]) -> None:
@@ -104,8 +67,6 @@ def test_events_become_llm_recommendations_of_catalog_items(live, tiny_bundle):
 
 
 def ask(url: str, history: list[str]) -> list[str]:
-    import json
-    import urllib.request
 
     body = {"user_id": "probe", "history": [{"item_id": i, "kind": "click"} for i in history], "k": 10}
     req = urllib.request.Request(url + "/recommend", data=json.dumps(body).encode(),
