@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from stylestream.config import Settings
 from stylestream.faust_app import faust_app, key_as_record_key
-from stylestream.records import CATALOG, CLICKS, DLQ, PURCHASES, RECS
+from stylestream.records import CATALOG, CLICKS, DLQ, PURCHASES
 
 settings = Settings.from_env()
 app = faust_app("stylestream", settings, settings.worker_web_port)
 
 # Raw bytes in: validation is ours, so a bad record becomes a dead letter, not a crash.
+# recs.out is written with app.producer.send in streams.agents (one send per answer).
 events_topic = app.topic(CLICKS, PURCHASES, key_serializer="raw", value_serializer="raw")
-recs_topic = app.topic(RECS, key_serializer="raw", value_serializer="raw")
 dlq_topic = app.topic(DLQ, key_serializer="raw", value_serializer="raw")
 catalog_topic = app.topic(CATALOG, key_serializer="raw", value_serializer="raw")
 
