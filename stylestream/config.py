@@ -25,6 +25,9 @@ def setting(default: Any, doc: str, secret: bool = False) -> Any:
     return field(default=default, repr=not secret, metadata={"doc": doc, "secret": secret})
 
 
+MIN_SESSION_TIMEOUT = 6.0  # Kafka's default group.min.session.timeout.ms, which noida-db enforces too
+
+
 class ConfigError(ValueError):
     """A configuration value that cannot be used; the message names the variable."""
 
@@ -74,7 +77,8 @@ class Settings:
     producer_linger_ms: float = setting(2.0,
                                         "how long the worker's producer batches sends (table changelog, recs.out)")
     commit_interval: float = setting(1.0, "seconds between offset commits")
-    session_timeout: float = setting(6.0, "consumer group session timeout; small so joins take seconds")
+    session_timeout: float = setting(6.0, "consumer group session timeout; small so joins take seconds (at least 6 s: "
+                                           "brokers refuse shorter)")
     ray_dashboard_port: int = setting(8265, "local Ray dashboard port (127.0.0.1 only)")
     bundle: Path = setting(Path(""), "model bundle folder (empty = home/bundle); written by `stylestream train`")
     recommender: str = setting("auto", "what answers the stream: serving (LLM via Ray Serve, ID-only fallback), "
@@ -149,6 +153,9 @@ class Settings:
         if not 1 <= self.gen_min_replicas <= self.gen_max_replicas:
             raise ConfigError(f"{env_name('gen_min_replicas')} must be at least 1 and at most "
                               f"{env_name('gen_max_replicas')}")
+        if self.session_timeout < MIN_SESSION_TIMEOUT:  # the broker would refuse the join, and the worker wait forever
+            raise ConfigError(f"{env_name('session_timeout')} must be at least {MIN_SESSION_TIMEOUT:g} s (brokers "
+                              f"refuse shorter ones: group.min.session.timeout.ms), not {self.session_timeout:g}")
         if self.gen_max_batch_size < 0:
             raise ConfigError(f"{env_name('gen_max_batch_size')} must be 0 (auto) or more, "
                               f"not {self.gen_max_batch_size}")

@@ -28,6 +28,7 @@ def test_overrides_win_and_round_trip_through_env():
     ({"STYLESTREAM_GEN_MAX_BATCH_SIZE": "-1"}, "STYLESTREAM_GEN_MAX_BATCH_SIZE must be 0"),
     ({"STYLESTREAM_GEN_MIN_REPLICAS": "3", "STYLESTREAM_GEN_MAX_REPLICAS": "2"}, "STYLESTREAM_GEN_MIN_REPLICAS"),
     ({"STYLESTREAM_SERVING_MAX_IN_FLIGHT": "0"}, "STYLESTREAM_SERVING_MAX_IN_FLIGHT must be at least 1"),
+    ({"STYLESTREAM_SESSION_TIMEOUT": "2"}, "STYLESTREAM_SESSION_TIMEOUT must be at least 6 s"),
 ])
 def test_bad_values_name_the_variable(env, message):
     with pytest.raises(ConfigError, match=message):
