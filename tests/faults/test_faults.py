@@ -121,7 +121,21 @@ def event_numbers_on_topics(bootstrap: str) -> set[int]:
             for m in read_topic(bootstrap, topic, 2000)}
 
 
-def assert_counts(worker, users, sent, timeout) -> None:
+GROUP_LOG = ("Recovery", "Commit", "assigned", "Revoking", "rejoin", "ERROR", "WARNING")
+
+
+def group_history(logs: list) -> str:
+    """What the workers' logs say of the group and the table recovery (for a failure message:
+    the logs live in a temporary folder that CI does not keep)."""
+    out = []
+    for path in logs:
+        lines = [ln.rstrip() for ln in path.read_text(errors="replace").splitlines() if any(k in ln for k in GROUP_LOG)
+                 or ln.startswith("|")]
+        out.append(f"--- {path.name} ---\n" + "\n".join(lines[-80:]))
+    return "\n".join(out)
+
+
+def assert_counts(worker, users, sent, timeout, logs: list | None = None) -> None:
     try:
         wait_for(lambda: all_counts(worker, users) == sent, timeout, "every event exactly once in the table")
     except AssertionError:
@@ -130,7 +144,7 @@ def assert_counts(worker, users, sent, timeout) -> None:
             raise AssertionError(f"some shopper's page still fails (owner gone); stats {worker.stats()}") from None
         diff = {u: (got[u], sent[u]) for u in users if got[u] != sent[u]}
         raise AssertionError(f"table counts (got, sent) differ for {len(diff)} users: {diff}; "
-                             f"stats {worker.stats()}") from None
+                             f"stats {worker.stats()}\n{group_history(logs or [])}") from None
 
 
 # -- 1. a worker of two killed for good ------------------------------------------------------------------
@@ -170,7 +184,7 @@ def test_a_killed_worker_of_two_hands_its_shoppers_to_the_survivor(stack_factory
         moved_s = time.monotonic() - killed_at
     assert not sender.failed and len(sender.acked) == 4000
     sent.update(sender.sent)
-    assert_counts(survivor, users, sent, 120)
+    assert_counts(survivor, users, sent, 120, logs=[w1.log_path, w2.log_path])
     complete_s = time.monotonic() - killed_at
     stats = survivor.stats()
     print(f"leader {leader}; killed {victim.worker_id}; every page served again {moved_s:.1f} s and the table "
