@@ -243,6 +243,7 @@ async def stats_page(web, request):
              and _recommender is not None)
     serving = getattr(_recommender, "status", None)
     return web.json({**vars(stats), "recs_pending": len(pending), "ready": ready,
+                     "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
                      "serving": serving() if serving is not None else None,
                      "recommender": _recommender.model_version if _recommender is not None else None})
 

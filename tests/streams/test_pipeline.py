@@ -128,6 +128,24 @@ def all_counts(worker, users) -> Counter:
     return Counter({u: worker.get(f"/users/{u}/").get("n", 0) for u in users})
 
 
+def test_a_worker_on_uvloop_processes_and_dead_letters_like_any_other(stack_factory):
+    """STYLESTREAM_EVENT_LOOP=uvloop (what k8s runs): the worker really runs on uvloop and
+    the stream behaves the same."""
+    stack = stack_factory(event_loop="uvloop", trigger_every_clicks=2, trigger_idle_seconds=0)
+    bootstrap = stack.start_broker()
+    worker = stack.start_worker()
+    assert worker.stats()["event_loop"] == "uvloop"
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    for i in range(30):
+        producer.send(CLICKS, key=b"u1", value=dumps(event("click", i, "u1", item=f"i{i % 7}")))
+    producer.send(CLICKS, key=b"u1", value=b"{not json")
+    producer.flush()
+    producer.close()
+    wait_for(lambda: [worker.stats()[k] for k in ("processed", "dead_lettered", "recs_published")] == [30, 1, 15],
+             60, "30 events processed, 1 dead-lettered, 15 recommendations")
+    assert worker.get("/users/u1/")["n"] == 30
+
+
 def test_worker_stops_cleanly_on_sigterm(stack_factory):
     stack = stack_factory()
     stack.start_broker()
