@@ -371,20 +371,21 @@ def score_encoder(rec: MixupRecommender, texts: list[str], states: np.ndarray, h
     text_vecs = rec.text_vectors(texts)
     targets = events.targets
     mixup = mixup_ranks(rec, text_vecs, states, histories, targets, rec.fusion)
+    title_only = mixup_ranks(rec, text_vecs, states, histories, targets, rec.fusion.with_lambda(1.0).with_repeat(()))
     sweep = [{"lambda": float(lam), **_sweep_point(mixup_ranks(rec, text_vecs, states, histories, targets,
                                                                  rec.fusion.with_lambda(lam)))}
              for lam in cfg.lambdas]
+    scored = {rec.fusion.anchor: (mixup, title_only)}  # the anchor sweep reuses what is scored already
     out = {
         "mixup_ranks": mixup,
-        "title_only_ranks": mixup_ranks(rec, text_vecs, states, histories, targets,
-                                        rec.fusion.with_lambda(1.0).with_repeat(())),
+        "title_only_ranks": title_only,
         "sweep": sweep,
-        "anchor_sweep": anchor_sweep(rec, text_vecs, states, histories, targets, cfg),
+        "anchor_sweep": anchor_sweep(rec, text_vecs, states, histories, targets, cfg, scored),
         "query_memory": query_memory_ablation(rec, text_vecs, states, histories, targets, dataset, cfg),
         "one_vector_search_max_abs_diff": one_vector_search_gap(rec, text_vecs, states),
     }
     if rec.fusion.anchor:
-        out["unanchored_ranks"] = mixup_ranks(rec, text_vecs, states, histories, targets, rec.fusion.with_anchor(0.0))
+        out["unanchored_ranks"] = scored[0.0][0]
     without = rec.bundle.manifest["encoders"][rec.encoder_name].get("fusion_without_repeat")
     if rec.fusion.repeat and without:
         out["without_repeat_ranks"] = mixup_ranks(rec, text_vecs, states, histories, targets,
@@ -393,17 +394,24 @@ def score_encoder(rec: MixupRecommender, texts: list[str], states: np.ndarray, h
 
 
 def anchor_sweep(rec: MixupRecommender, text_vecs: np.ndarray, states: np.ndarray, histories: list[History],
-                 targets: np.ndarray, cfg: EvalConfig) -> list[dict[str, Any]]:
+                 targets: np.ndarray, cfg: EvalConfig,
+                 scored: dict[float, tuple[np.ndarray, np.ndarray]] | None = None) -> list[dict[str, Any]]:
     """Test figures per share of the last item's title in the text query (the served fusion
     otherwise): the mix-up, and the text half alone. Anchor 0 is the generated text alone,
-    so the rows say what the LLM's text is worth beside the last title."""
+    so the rows say what the LLM's text is worth beside the last title.
+
+    ``scored``: anchor -> (mix-up ranks, text-half ranks) already computed; filled in with
+    the rest, so the caller can use them too."""
+    scored = {} if scored is None else scored
     out = []
     for a in sorted({0.0, *cfg.anchors, 1.0}):
-        fusion = rec.fusion.with_anchor(a)
-        text_only = mixup_ranks(rec, text_vecs, states, histories, targets, fusion.with_lambda(1.0).with_repeat(()))
-        out.append({"anchor": float(a), **_sweep_point(mixup_ranks(rec, text_vecs, states, histories, targets,
-                                                                     fusion)),
-                    "text_only_recall@10": recall_at_k(text_only, 10)})
+        if a not in scored:
+            fusion = rec.fusion.with_anchor(a)
+            scored[a] = (mixup_ranks(rec, text_vecs, states, histories, targets, fusion),
+                         mixup_ranks(rec, text_vecs, states, histories, targets,
+                                     fusion.with_lambda(1.0).with_repeat(())))
+        mix, text_only = scored[a]
+        out.append({"anchor": float(a), **_sweep_point(mix), "text_only_recall@10": recall_at_k(text_only, 10)})
     return out
 
 

@@ -254,10 +254,6 @@ class MixupRecommender:
     def stored_vectors(self, item_ids: Sequence[str]) -> dict[str, np.ndarray]:
         return self.local.vectors(item_ids)
 
-    def rankable_vectors(self, item_ids: Sequence[str]) -> dict[str, np.ndarray]:
-        """Stored vectors of the items that may be answered (in the catalog and in stock)."""
-        return self.local.vectors(item_ids, in_stock_only=True)
-
     def search(self, queries: np.ndarray, exclude: Sequence[Sequence[str]], k: int,
                boosts: Sequence[Mapping[str, float]] | None = None, keep_own: bool = False,
                backend: SearchBackend | None = None) -> list[list[Hit]]:
