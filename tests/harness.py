@@ -145,3 +145,17 @@ def warm_up(port: int, item_id: str, timeout_s: float = 120.0) -> None:
             if time.monotonic() > deadline:
                 raise
         time.sleep(0.5)
+
+
+def kill_generator_replicas() -> float:
+    """SIGKILL every Ray Serve Generator replica for good (Serve must start new ones); the
+    time of the kill (``time.time()``, as ``produced_at`` on recs.out)."""
+    import ray
+
+    replicas = [a for a in ray.util.list_named_actors(all_namespaces=True)
+                if "Generator" in a["name"] and a["name"].startswith("SERVE_REPLICA")]
+    assert replicas, "a Generator replica is running"
+    killed_at = time.time()
+    for a in replicas:
+        ray.kill(ray.get_actor(a["name"], namespace=a["namespace"]), no_restart=True)
+    return killed_at

@@ -10,7 +10,7 @@ import time
 from collections import Counter
 
 import pytest
-from harness import dumps, event, wait_for
+from harness import dumps, event, kill_generator_replicas, wait_for
 from kafka import KafkaProducer
 
 from stylestream.records import CLICKS, PURCHASES
@@ -476,7 +476,6 @@ def test_serve_faults_cost_llm_answers_not_events(served_stream, tiny_bundle):
     delete the whole Serve application for 30 s and deploy it again. Meanwhile every trigger
     is answered on the ID-only fast path; after each fault the LLM path answers again;
     no event is lost or counted twice."""
-    import ray
     from ray import serve
 
     from serving.app import APP_NAME, build_app
@@ -486,12 +485,7 @@ def test_serve_faults_cost_llm_answers_not_events(served_stream, tiny_bundle):
     with Shoppers(bootstrap, items, [f"k{u}" for u in range(4)]) as shoppers:  # 4 recommendations/s
         wait_for(lambda: any(r["path"] == "llm" for r in watch.records), 120, "the first LLM answer")
 
-        replicas = [a for a in ray.util.list_named_actors(all_namespaces=True)
-                    if "Generator" in a["name"] and a["name"].startswith("SERVE_REPLICA")]
-        assert replicas, "a Generator replica is running"
-        killed_at = time.time()
-        for a in replicas:
-            ray.kill(ray.get_actor(a["name"], namespace=a["namespace"]), no_restart=True)
+        killed_at = kill_generator_replicas()
         wait_for(lambda: llm_back_after(watch.records, killed_at) is not None, 180,
                  "LLM answers again once Serve has replaced the replica")
         recovery["replica_killed"] = llm_back_after(watch.records, killed_at)

@@ -11,7 +11,7 @@ import time
 import urllib.request
 
 import pytest
-from harness import dumps, served_stack, wait_for
+from harness import dumps, kill_generator_replicas, served_stack, wait_for
 from kafka import KafkaProducer
 
 from models.bundle import Bundle
@@ -107,8 +107,6 @@ def test_withdrawn_items_are_never_recommended(live, tiny_bundle):
 
 
 def test_a_killed_generator_replica_costs_llm_answers_not_events(live, tiny_bundle):
-    import ray
-
     stack, bootstrap, worker, watch = live
     items = sorted(Bundle.load(tiny_bundle.folder).items()["item_id"])
     before = worker.stats()
@@ -129,12 +127,7 @@ def test_a_killed_generator_replica_costs_llm_answers_not_events(live, tiny_bund
     sender = threading.Thread(target=stream)
     sender.start()
     time.sleep(3)
-    replicas = [a for a in ray.util.list_named_actors(all_namespaces=True)
-                if "Generator" in a["name"] and a["name"].startswith("SERVE_REPLICA")]
-    assert replicas, "a Generator replica is running"
-    killed_at = time.time()
-    for a in replicas:
-        ray.kill(ray.get_actor(a["name"], namespace=a["namespace"]), no_restart=True)
+    killed_at = kill_generator_replicas()
 
     def llm_again() -> bool:
         return any(r["path"] == "llm" and r["produced_at"] > killed_at + 1 for r in watch.records[seen_before:])
