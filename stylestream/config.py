@@ -73,6 +73,9 @@ class Settings:
                                              "on brokers that ignore fetch.max.wait.ms (noida-db); 0 = off")
     event_loop: str = setting("aio", "stream worker's asyncio event loop: aio (the standard library's) or uvloop "
                                      "(one worker 1.18× the events/s here, bench/results/stream_uvloop.json)")
+    consumer_fast_path: bool = setting(True, "hand each fetched record to Faust's agents without the four tasks per "
+                                             "record of its consumer loop (stylestream/consumer_fast_path.py); "
+                                             "false = Faust's own loop")
     stream_batch_max_events: int = setting(500, "stream worker: most events applied as one batch (each shopper's "
                                                 "table value is written once per batch)")
     stream_batch_wait_ms: float = setting(10.0, "stream worker: longest wait for a batch to fill")

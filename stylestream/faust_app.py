@@ -33,9 +33,10 @@ def key_as_record_key(table: Any) -> Any:
 def faust_app(app_id: str, settings: Settings, web_port: int) -> faust.App:
     """One Faust app on the configured broker: memory tables backed by changelog topics,
     static group membership, fast joins, quiet client logs."""
-    from stylestream import fetch_backoff
+    from stylestream import consumer_fast_path, fetch_backoff
 
     fetch_backoff.install(settings.fetch_idle_wait_ms)
+    consumer_fast_path.install(settings.consumer_fast_path)
     # Debug records from the clients cost ~6% of a busy worker even when nothing prints them.
     for name in ("aiokafka", "faust", "mode"):
         logging.getLogger(name).setLevel(max(logging.INFO, logging.getLevelName(settings.log_level.upper())))
