@@ -4,8 +4,10 @@ Faust passes every fetched record to its topic conductor with
 ``await self.wait_first(callback(message), self.suspend_flow.wait())``, so that a rebalance
 (``suspend_flow``) can abandon a callback stuck on a full agent queue. mode's ``wait_first``
 starts four tasks for it (the callback, that event, the service's stopped and crashed events),
-waits for the first and cancels three: 80-115 µs per record on these machines
-(``bench/bench_consumer_fast_path.py``), a quarter of a worker's time at 2,500 records/s.
+waits for the first and cancels three: 44 µs per record on asyncio and 31 on uvloop here
+(``bench/bench_consumer_fast_path.py``; 2.0 and 1.9 with this), a tenth of a worker's time at
+2,600 records/s, and more through the loop work those tasks cost beside it. One worker drains
+1.36× the events/s with it on asyncio, 1.27× on uvloop (``bench/results/stream_fast_path.json``).
 
 Almost always the callback finishes without waiting: the record fits in the agent's queue.
 So its first step runs at once, and only a callback that does wait (a full queue, flow
