@@ -16,8 +16,11 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from faust.types import TP
+
 from streams.app import app, catalog_state, catalog_topic, dlq_topic, events_topic, sequences, settings
 from streams.sequence_table import UserSequence
+from streams.source_offsets import SourceOffsets
 from streams.trigger import IdleTracker, TriggerPolicy
 from stylestream.config import ConfigError, Settings
 from stylestream.faust_app import processing, send_dead_letter
@@ -50,6 +53,19 @@ stats = Stats()
 policy = TriggerPolicy(settings.trigger_every_clicks, settings.trigger_idle_seconds, settings.trigger_mode,
                        settings.trigger_from_ts)
 idle = IdleTracker(settings.trigger_idle_seconds if settings.trigger_mode == "live" else 0.0)
+
+
+async def _seek(source: tuple[str, int], offset: int) -> None:
+    await app.consumer.seek(TP(*source), offset)
+
+
+async def _log_start(source: tuple[str, int]) -> int:
+    offsets = await app.consumer.earliest_offsets(TP(*source))
+    return int(next(iter(offsets.values())))
+
+
+source_offsets = SourceOffsets(sequences, _seek, _log_start, lambda: app.consumer_generation_id)
+SOURCE_AUDIT_S = 2.0
 _recommender: Recommender | None = None
 
 
@@ -115,10 +131,14 @@ async def sequence_events(stream):
 
 
 async def apply_batch(batch: list[Any]) -> None:
+    stats.received += len(batch)
+    admitted = await source_offsets.admit(batch)  # each source partition continued exactly
+    stats.duplicates += admitted.redelivered + admitted.held_back
     by_user: dict[str, list[tuple[ClickEvent | PurchaseEvent, Any, Any]]] = {}
-    for event in batch:
-        stats.received += 1
+    last_of_source: dict[tuple[str, int], Any] = {}
+    for event in admitted.events:
         msg = event.message
+        last_of_source[(msg.topic, msg.partition)] = event
         try:
             ev = parse_event(msg.topic, msg.value, msg.key)
         except BadRecord as exc:
@@ -127,6 +147,7 @@ async def apply_batch(batch: list[Any]) -> None:
         by_user.setdefault(ev.user_id, []).append((ev, msg, event))
     for user_id, events in by_user.items():
         apply_events(user_id, in_event_time(events))
+    source_offsets.checkpoint(last_of_source, write_value)  # after the sequences it covers
 
 
 def in_event_time(events: list[tuple[ClickEvent | PurchaseEvent, Any, Any]]) -> list:
@@ -161,13 +182,13 @@ def apply_events(user_id: str, events: list[tuple[ClickEvent | PurchaseEvent, An
             spawn(publish_recommendation(user_id, replace(seq, events=list(seq.events)), ev.event_id,
                                          msg.timestamp))
     if changed:
-        write_sequence(user_id, seq.to_bytes(), events[-1][2])
+        write_value(events[-1][2], user_id, seq.to_bytes())
 
 
-def write_sequence(user_id: str, value: bytes, event: Any) -> None:
-    """``sequences[user_id] = value`` on the partition of ``event``, the shopper's last in the batch."""
+def write_value(event: Any, key: str, value: bytes) -> None:
+    """``sequences[key] = value`` on the partition of ``event`` (a shopper's last in the batch)."""
     with processing(event):
-        sequences[user_id] = value
+        sequences[key] = value
 
 
 # Recommendations run beside the stream, never inside it: the agent goes on with the next
@@ -237,12 +258,24 @@ async def idle_triggers() -> None:
             spawn(publish_recommendation(user_id, seq, event_id, time.time()))
 
 
+@app.timer(interval=SOURCE_AUDIT_S)
+async def audit_source_offsets() -> None:
+    """A stretch of events skipped on a partition that gets nothing after it would wait for the
+    next event to show it: compare quiet partitions' positions with their checkpoints."""
+    if app.rebalancing or app.in_recovery or not app.tables.recovery.completed.is_set():
+        return
+    sources = [tp for tp in app.consumer.assignment() if tp.topic in events_topic.topics]
+    positions = {(tp.topic, tp.partition): await app.consumer.position(tp) for tp in sources}
+    await source_offsets.audit({source: pos for source, pos in positions.items() if pos is not None})
+
+
 @app.page("/stats/")
 async def stats_page(web, request):
     ready = (app.tables.recovery.completed.is_set() and not app.rebalancing and not app.in_recovery
              and _recommender is not None)
     serving = getattr(_recommender, "status", None)
     return web.json({**vars(stats), "recs_pending": len(pending), "ready": ready,
+                     "rewinds": source_offsets.rewinds, "gaps_accepted": source_offsets.gaps_accepted,
                      "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
                      "serving": serving() if serving is not None else None,
                      "recommender": _recommender.model_version if _recommender is not None else None})
