@@ -60,12 +60,13 @@ async def _seek(source: tuple[str, int], offset: int) -> None:
 
 
 async def _log_start(source: tuple[str, int]) -> int:
-    offsets = await app.consumer.earliest_offsets(TP(*source))
+    offsets = await asyncio.wait_for(app.consumer.earliest_offsets(TP(*source)), LOG_START_TIMEOUT_S)
     return int(next(iter(offsets.values())))
 
 
 source_offsets = SourceOffsets(sequences, _seek, _log_start, lambda: app.consumer_generation_id)
 SOURCE_AUDIT_S = 2.0
+LOG_START_TIMEOUT_S = 10.0
 _recommender: Recommender | None = None
 
 
@@ -261,12 +262,18 @@ async def idle_triggers() -> None:
 @app.timer(interval=SOURCE_AUDIT_S)
 async def audit_source_offsets() -> None:
     """A stretch of events skipped on a partition that gets nothing after it would wait for the
-    next event to show it: compare quiet partitions' positions with their checkpoints."""
+    next event to show it: compare quiet partitions' read offsets with their checkpoints.
+
+    The consumer's own record of the last offset it handed over (or sought to) is read, not
+    ``consumer.position()``: that call waits for a valid position inside the consumer
+    thread's two-worker method queue, and during a recovery (partitions paused) it waited for
+    ever, blocking the recovery's own calls behind it (seen: a worker stuck in recovery)."""
     if app.rebalancing or app.in_recovery or not app.tables.recovery.completed.is_set():
         return
-    sources = [tp for tp in app.consumer.assignment() if tp.topic in events_topic.topics]
-    positions = {(tp.topic, tp.partition): await app.consumer.position(tp) for tp in sources}
-    await source_offsets.audit({source: pos for source, pos in positions.items() if pos is not None})
+    read = app.consumer._read_offset  # Faust: TP -> last offset delivered, or the offset sought to
+    positions = {(tp.topic, tp.partition): offset for tp, offset in list(read.items())
+                 if tp.topic in events_topic.topics and offset is not None}
+    await source_offsets.audit(positions)
 
 
 @app.page("/stats/")

@@ -3,13 +3,13 @@
 Kept in the table as compact JSON bytes (so the changelog is readable by any Kafka client,
 and a write is serialised once, not once for the changelog and again for the store) and
 handled through :class:`UserSequence` everywhere else.
-Redeliveries are dropped twice over. After a crash, Kafka redelivers everything
-since the last committed offset; the value records, per source partition, the offset
-of the last event it applied, and it is written to the changelog in the same record
-as the event itself, so "applied" and "remembered as applied" cannot diverge: an
-event at or below that offset is a redelivery, however old. A producer that sends
-the same event twice (new offset, same ``event_id``) is caught by ``event_id``
-within the rolling window.
+Redeliveries are dropped three times over. The stream first checks each source partition
+against its checkpoint (``streams.source_offsets``): what is at or below it never gets here.
+Then the value records, per source partition, the offset of the last event it applied, and
+it is written to the changelog in the same record as the event itself, so "applied" and
+"remembered as applied" cannot diverge: an event at or below that offset is a redelivery,
+however old. A producer that sends the same event twice (new offset, same ``event_id``) is
+caught by ``event_id`` within the rolling window.
 """
 
 from __future__ import annotations

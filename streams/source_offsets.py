@@ -89,7 +89,9 @@ class SourceOffsets:
             self._last_seen[source] = now
             expected = self._next.get(source)
             if expected is None:
-                expected = self._next[source] = await self._first_expected(source)
+                expected = await self._first_expected(source)
+                self._next[source] = expected if expected is not None else msg.offset
+                expected = self._next[source]
             if msg.offset < expected:
                 out.redelivered += 1
             elif msg.offset == expected:
@@ -104,20 +106,23 @@ class SourceOffsets:
                 out.held_back += 1
         return out
 
-    async def audit(self, positions: dict[Source, int]) -> None:
-        """``positions``: each assigned source's next fetch offset. A source quiet for QUIET_S
-        whose position is past what it owes had records skipped with nothing after them to
-        show it: read it again from there."""
+    async def audit(self, read: dict[Source, int]) -> None:
+        """``read``: each assigned source's last offset the consumer handed over (or sought to).
+        A source quiet for QUIET_S that was read past what it owes had records skipped with
+        nothing after them to show it: read it again from there."""
         self._check_generation()
         now = time.monotonic()
-        for source, position in positions.items():
+        for source, offset in read.items():
             if now - self._last_seen.get(source, self._generation_since) < QUIET_S:
                 continue
             expected = self._next.get(source)
             if expected is None:
-                expected = self._next[source] = await self._first_expected(source)
-            if position > expected:
-                await self._gap_accepted(source, expected, position)
+                expected = await self._first_expected(source)
+                if expected is None:
+                    continue
+                self._next[source] = expected
+            if offset > expected:
+                await self._gap_accepted(source, expected, offset)
 
     def _check_generation(self) -> None:
         if self.generation() != self._generation:  # partitions may have moved: re-read the table
@@ -132,11 +137,20 @@ class SourceOffsets:
         for source, event in applied.items():
             write(event, checkpoint_key(source), json.dumps({"applied": event.message.offset}).encode())
 
-    async def _first_expected(self, source: Source) -> int:
+    async def _first_expected(self, source: Source) -> int | None:
+        """The checkpoint + 1; for a partition never handled, its log start (None, accepting
+        whatever comes first, when the broker does not answer)."""
         raw = self.table.get(checkpoint_key(source))
         if raw:
             return int(json.loads(raw)["applied"]) + 1
-        return await self.log_start(source)  # nothing handled yet: the partition from its start
+        return await self._log_start(source)
+
+    async def _log_start(self, source: Source) -> int | None:
+        try:
+            return await self.log_start(source)
+        except Exception as exc:  # noqa: BLE001 - a broker that does not answer: decide without it
+            log.warning("%s[%d]: log start unknown (%r)", *source, exc)
+            return None
 
     async def _gap_accepted(self, source: Source, expected: int, offset: int) -> bool:
         """``offset`` came while ``expected`` was owed: accept the gap if retention deleted the
@@ -144,8 +158,8 @@ class SourceOffsets:
         issued = self._rewinding.get(source)
         if issued is not None and time.monotonic() - issued < REWIND_RETRY_S:
             return False
-        start = await self.log_start(source)
-        if start > expected:
+        start = await self._log_start(source)
+        if start is not None and start > expected:
             log.warning("%s[%d]: offsets %d..%d were deleted (retention) before this group read them",
                         *source, expected, start - 1)
             self.gaps_accepted += 1
@@ -154,7 +168,11 @@ class SourceOffsets:
                 return True
         log.warning("%s[%d]: offsets %d..%d were passed over without being applied: reading them again",
                     *source, expected, offset - 1)
-        await self.seek(source, expected)
+        try:
+            await self.seek(source, expected)
+        except Exception as exc:  # noqa: BLE001 - e.g. the partition was revoked meanwhile: the next check retries
+            log.warning("%s[%d]: seek to %d failed (%r)", *source, expected, exc)
+            return False
         self._rewinding[source] = time.monotonic()
         self.rewinds += 1
         return False

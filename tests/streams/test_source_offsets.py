@@ -115,3 +115,27 @@ def test_the_audit_leaves_a_partition_that_is_handing_over_events(monkeypatch):
     monkeypatch.setattr(module, "QUIET_S", 60.0)
     asyncio.run(so.audit({(CLICKS, 0): 40}))  # 2..39 fetched, on their way to the agent
     assert not consumer.seeks
+
+
+def test_without_an_answer_from_the_broker_a_new_partition_starts_where_it_is_read():
+    so, consumer, _ = make()
+
+    async def no_answer(source):
+        raise TimeoutError("broker away")
+
+    so.log_start = no_answer
+    assert offsets(admit(so, [ev(40), ev(41)])) == [40, 41] and not consumer.seeks
+
+
+def test_a_seek_that_fails_is_tried_again_on_the_next_gap():
+    so, consumer, _ = make({checkpoint_key((CLICKS, 0)): b'{"applied": 9}'})
+    calls = []
+
+    async def revoked(source, offset):
+        calls.append(offset)
+        if len(calls) == 1:
+            raise RuntimeError("partition not assigned")
+
+    so.seek = revoked
+    assert admit(so, [ev(20)]).held_back == 1 and so.rewinds == 0
+    assert admit(so, [ev(21)]).held_back == 1 and so.rewinds == 1 and calls == [10, 10]
