@@ -139,3 +139,12 @@ def test_a_seek_that_fails_is_tried_again_on_the_next_gap():
     so.seek = revoked
     assert admit(so, [ev(20)]).held_back == 1 and so.rewinds == 0
     assert admit(so, [ev(21)]).held_back == 1 and so.rewinds == 1 and calls == [10, 10]
+
+
+def test_a_checkpoint_is_written_at_most_every_half_second_per_source():
+    so, _, table = make()
+    writes = []
+    got = admit(so, [ev(0), ev(1)])
+    for _ in range(3):
+        so.checkpoint({(CLICKS, 0): got.events[-1]}, lambda event, key, value: writes.append(key))
+    assert writes == [checkpoint_key((CLICKS, 0))]
