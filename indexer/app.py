@@ -5,7 +5,7 @@ deleted item back. ``python -m indexer worker`` runs it."""
 from __future__ import annotations
 
 from stylestream.config import Settings
-from stylestream.faust_app import faust_app
+from stylestream.faust_app import faust_app, table_options
 from stylestream.records import CATALOG, DLQ
 
 settings = Settings.from_env()
@@ -17,4 +17,4 @@ dlq_topic = app.topic(DLQ, key_serializer="raw", value_serializer="raw")
 
 # item_id -> catalog time of its last delete; keyed like the topic, so co-partitioned.
 deleted_at = app.Table("catalog_deletes", default=None, partitions=settings.topic_partitions,
-                       help="when each deleted item was deleted (catalog time)")
+                       help="when each deleted item was deleted (catalog time)", options=table_options(settings))

@@ -66,6 +66,10 @@ class Settings:
     table_store: str = setting("rocksdb", "where a worker keeps its table partitions: rocksdb (on disk under home, "
                                           "recovery reads only the changelog written since) or memory (rebuilt from "
                                           "the whole changelog at every start)")
+    rocksdb_write_buffer_mb: int = setting(8, "RocksDB memtable size of each table partition, MiB (up to 2 per "
+                                              "partition; Faust's default, 3 of 64, let a worker grow by GiBs)")
+    rocksdb_block_cache_mb: int = setting(16, "RocksDB block cache of each table partition, MiB (Faust's default: "
+                                              "2 GiB each)")
     table_standby_replicas: int = setting(0, "standby copies of each table partition kept warm on other workers "
                                              "(1 in a cluster: a failed worker's shoppers move without a rebuild)")
     worker_web_port: int = setting(6066, "Faust worker web port (stats, sequences)")

@@ -69,6 +69,16 @@ def faust_app(app_id: str, settings: Settings, web_port: int) -> faust.App:
     )
 
 
+def table_options(settings: Settings) -> dict[str, Any] | None:
+    """Store options of every table: RocksDB's memory bounded per partition. Faust's defaults
+    (three 64 MiB memtables and a 2 GiB block cache for each partition of each table) let a
+    worker's memory grow with what it writes until its pod's limit kills it."""
+    if settings.table_store != "rocksdb":
+        return None
+    return {"write_buffer_size": settings.rocksdb_write_buffer_mb * 2**20, "max_write_buffer_number": 2,
+            "block_cache_size": settings.rocksdb_block_cache_mb * 2**20}
+
+
 @contextmanager
 def processing(event: Any) -> Iterator[None]:
     """Table writes inside act as if ``event`` were being iterated: Faust takes a write's
