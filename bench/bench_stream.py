@@ -99,7 +99,8 @@ def latency_at_rate(stack: DevStack, events, prefix: str, rate: float) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--events", type=int, default=20000, help="events for the throughput run")
+    ap.add_argument("--events", type=int, default=60000,
+                    help="events for the throughput runs (two workers drain 20,000 too fast to fit a rate)")
     ap.add_argument("--workers", default="1,2", help="group sizes for the throughput runs (comma-separated)")
     ap.add_argument("--batch-sizes", default="1,500",
                     help="STYLESTREAM_STREAM_BATCH_MAX_EVENTS values compared (1 = an event at a time)")
