@@ -76,6 +76,7 @@ class SourceOffsets:
                  generation: Callable[[], int]):
         self.table, self.seek, self.log_start, self.generation = table, seek, log_start, generation
         self._next: dict[Source, int] = {}  # this generation: the next offset each source owes
+        self._previous: dict[Source, int] = {}  # the same, as it stood when a generation ended
         self._rewinding: dict[Source, float] = {}  # source -> when its seek was issued
         self._generation: int | None = None
         self._last_seen: dict[Source, float] = {}  # source -> when it last handed over an event
@@ -131,9 +132,13 @@ class SourceOffsets:
                 await self._gap_accepted(source, expected, offset)
 
     def _check_generation(self) -> None:
-        if self.generation() != self._generation:  # partitions may have moved: re-read the table
+        """A new generation: partitions may have moved, so each source's next offset is read
+        again, as the later of this worker's own and the table's checkpoint (which carries
+        another worker's progress, if the partition went there and came back)."""
+        if self.generation() != self._generation:
             self._generation = self.generation()
             self._generation_since = time.monotonic()
+            self._previous.update(self._next)
             self._next.clear()
             self._rewinding.clear()
 
@@ -154,12 +159,14 @@ class SourceOffsets:
                 self._written_at[source] = now
 
     async def _first_expected(self, source: Source) -> int | None:
-        """The checkpoint + 1; for a partition never handled, its log start (None, accepting
-        whatever comes first, when the broker does not answer)."""
+        """The checkpoint + 1, or what this worker owed before the generation changed if that is
+        later (the checkpoint is written every half second); for a partition never handled, its
+        log start (None, accepting whatever comes first, when the broker does not answer)."""
         raw = self.table.get(checkpoint_key(source))
+        mine = self._previous.get(source)
         if raw:
-            return int(json.loads(raw)["applied"]) + 1
-        return await self._log_start(source)
+            return max(int(json.loads(raw)["applied"]) + 1, mine or 0)
+        return mine if mine is not None else await self._log_start(source)
 
     async def _log_start(self, source: Source) -> int | None:
         try:

@@ -148,3 +148,12 @@ def test_a_checkpoint_is_written_at_most_every_half_second_per_source():
     for _ in range(3):
         so.checkpoint({(CLICKS, 0): got.events[-1]}, lambda event, key, value: writes.append(key))
     assert writes == [checkpoint_key((CLICKS, 0))]
+
+
+def test_a_new_generation_keeps_this_workers_own_progress_past_a_checkpoint_behind_it():
+    table = {checkpoint_key((CLICKS, 0)): b'{"applied": 9}'}
+    so, consumer, _ = make(table)
+    assert offsets(admit(so, [ev(10), ev(11), ev(12)])) == [10, 11, 12]  # checkpoint not written yet
+    consumer.gen = 2  # a rebalance that left the partition here
+    got = admit(so, [ev(12), ev(13)])
+    assert offsets(got) == [13] and got.redelivered == 1 and not consumer.seeks
