@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 class Stats:
     received: int = 0
     processed: int = 0
-    duplicates: int = 0
+    duplicates: int = 0  # deliveries not applied again: a producer's repeats and the re-reads below
+    reread: int = 0  # of those, deliveries the continuity check dropped (streams/source_offsets.py)
     dead_lettered: int = 0
     recs_published: int = 0
     recs_by_path: Counter[str] = field(default_factory=Counter)
@@ -134,6 +135,7 @@ async def sequence_events(stream):
 async def apply_batch(batch: list[Any]) -> None:
     stats.received += len(batch)
     admitted = await source_offsets.admit(batch)  # each source partition continued exactly
+    stats.reread += admitted.redelivered + admitted.held_back
     stats.duplicates += admitted.redelivered + admitted.held_back
     by_user: dict[str, list[tuple[ClickEvent | PurchaseEvent, Any, Any]]] = {}
     last_of_source: dict[tuple[str, int], Any] = {}

@@ -102,9 +102,22 @@ def test_the_audit_reads_again_a_quiet_partition_whose_position_passed_its_check
     so, consumer, _ = make({checkpoint_key((CLICKS, 0)): b'{"applied": 9}',
                             checkpoint_key((CLICKS, 1)): b'{"applied": 4}'})
     monkeypatch.setattr(module, "QUIET_S", 0.0)
-    asyncio.run(so.audit({(CLICKS, 0): 30, (CLICKS, 1): 5}))  # p0 owes 10 but fetches from 30
+    asyncio.run(so.audit({(CLICKS, 0): 30, (CLICKS, 1): 5}))  # p0 owes 10 but was read to 30
+    assert consumer.seeks == []  # records on their way look the same for a moment
+    asyncio.run(so.audit({(CLICKS, 0): 30, (CLICKS, 1): 5}))  # nothing moved since
     assert consumer.seeks == [((CLICKS, 0), 10)]
     assert offsets(admit(so, [ev(10), ev(11)])) == [10, 11]
+
+
+def test_the_audit_leaves_a_partition_that_is_still_moving(monkeypatch):
+    import streams.source_offsets as module
+
+    so, consumer, _ = make()
+    monkeypatch.setattr(module, "QUIET_S", 0.0)
+    asyncio.run(so.audit({(CLICKS, 0): 40}))
+    admit(so, [ev(0), ev(1)])  # a slow agent, but it got further
+    asyncio.run(so.audit({(CLICKS, 0): 40}))
+    assert not consumer.seeks
 
 
 def test_the_audit_leaves_a_partition_that_is_handing_over_events(monkeypatch):
@@ -114,6 +127,7 @@ def test_the_audit_leaves_a_partition_that_is_handing_over_events(monkeypatch):
     admit(so, [ev(0), ev(1)])
     monkeypatch.setattr(module, "QUIET_S", 60.0)
     asyncio.run(so.audit({(CLICKS, 0): 40}))  # 2..39 fetched, on their way to the agent
+    asyncio.run(so.audit({(CLICKS, 0): 40}))
     assert not consumer.seeks
 
 
