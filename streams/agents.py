@@ -56,6 +56,10 @@ policy = TriggerPolicy(settings.trigger_every_clicks, settings.trigger_idle_seco
 idle = IdleTracker(settings.trigger_idle_seconds if settings.trigger_mode == "live" else 0.0)
 
 
+SOURCE_AUDIT_S = 2.0  # how often quiet partitions are compared with their checkpoints
+LOG_START_TIMEOUT_S = 10.0
+
+
 async def _seek(source: tuple[str, int], offset: int) -> None:
     await app.consumer.seek(TP(*source), offset)
 
@@ -66,8 +70,6 @@ async def _log_start(source: tuple[str, int]) -> int:
 
 
 source_offsets = SourceOffsets(sequences, _seek, _log_start, lambda: app.consumer_generation_id)
-SOURCE_AUDIT_S = 2.0
-LOG_START_TIMEOUT_S = 10.0
 _recommender: Recommender | None = None
 
 
@@ -135,8 +137,9 @@ async def sequence_events(stream):
 async def apply_batch(batch: list[Any]) -> None:
     stats.received += len(batch)
     admitted = await source_offsets.admit(batch)  # each source partition continued exactly
-    stats.reread += admitted.redelivered + admitted.held_back
-    stats.duplicates += admitted.redelivered + admitted.held_back
+    reread = admitted.redelivered + admitted.held_back
+    stats.reread += reread
+    stats.duplicates += reread
     by_user: dict[str, list[tuple[ClickEvent | PurchaseEvent, Any, Any]]] = {}
     last_of_source: dict[tuple[str, int], Any] = {}
     for event in admitted.events:

@@ -49,10 +49,6 @@ def checkpoint_key(source: Source) -> str:
     return f"\x00applied/{source[0]}/{source[1]}"
 
 
-def is_checkpoint_key(key: str) -> bool:
-    return key.startswith("\x00")
-
-
 @dataclass
 class Admitted:
     """What a batch may apply: ``events`` in arrival order; ``redelivered``: dropped as already

@@ -57,10 +57,6 @@ class _Resumed:
                 return stop.value
 
 
-async def _resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Any:
-    return await _Resumed(coro, yielded)
-
-
 async def wait_first(self: Consumer, *coros: Any, timeout: float | None = None) -> WaitResults:
     """``Service.wait_first`` that first steps a leading coroutine in place: done at once, it
     wins without any task; otherwise the race runs as before with the coroutine resumed."""
@@ -75,7 +71,7 @@ async def wait_first(self: Consumer, *coros: Any, timeout: float | None = None) 
     except BaseException:
         _close(coros[1:])
         raise
-    return await _original(self, _resume(first, yielded), *coros[1:], timeout=timeout)
+    return await _original(self, _Resumed(first, yielded), *coros[1:], timeout=timeout)
 
 
 def _close(coros: tuple[Any, ...]) -> None:

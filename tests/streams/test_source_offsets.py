@@ -7,7 +7,10 @@ import asyncio
 import json
 from types import SimpleNamespace
 
-from streams.source_offsets import SourceOffsets, checkpoint_key, is_checkpoint_key
+import pytest
+
+from streams.source_offsets import SourceOffsets, checkpoint_key
+from stylestream.records import BadRecord, parse_event
 
 CLICKS = "events.clicks"
 
@@ -52,7 +55,13 @@ def test_a_new_partition_is_applied_from_its_log_start_and_checkpointed():
     assert offsets(got) == [0, 1, 2] and not consumer.seeks
     so.checkpoint({(CLICKS, 0): got.events[-1]}, lambda event, key, value: table.__setitem__(key, value))
     assert json.loads(table[checkpoint_key((CLICKS, 0))]) == {"applied": 2}
-    assert is_checkpoint_key(checkpoint_key((CLICKS, 0))) and not is_checkpoint_key("u1")
+
+
+def test_no_shopper_id_can_be_a_checkpoint_key():
+    key = checkpoint_key((CLICKS, 0))
+    value = json.dumps({"event_id": "e1", "user_id": key, "item_id": "i1", "ts": 1.8e9}).encode()
+    with pytest.raises(BadRecord, match="control characters"):
+        parse_event(CLICKS, value, key.encode())
 
 
 def test_redelivered_events_below_the_checkpoint_are_dropped():
