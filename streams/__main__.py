@@ -1,7 +1,7 @@
 """``python -m streams worker -l info``: run a Faust worker of the stylestream app.
 
-The event loop is chosen before anything creates one (``STYLESTREAM_EVENT_LOOP``): a worker
-spends about a third of its time in the loop itself, which uvloop makes cheaper.
+The event loop is chosen before anything creates one (``STYLESTREAM_EVENT_LOOP``): uvloop makes
+the loop's own work cheaper (one worker 3,112 against 2,736 events/s, bench/results/stream*.json).
 """
 
 from stylestream.config import Settings

@@ -76,7 +76,7 @@ class Settings:
     fetch_idle_wait_ms: float = setting(5.0, "minimum time an empty fetch takes (client-side); stops idle spinning "
                                              "on brokers that ignore fetch.max.wait.ms (noida-db); 0 = off")
     event_loop: str = setting("aio", "stream worker's asyncio event loop: aio (the standard library's) or uvloop "
-                                     "(one worker 1.18× the events/s here, bench/results/stream_uvloop.json)")
+                                     "(one worker 1.14× the events/s here, bench/results/stream_uvloop.json)")
     consumer_fast_path: bool = setting(True, "hand each fetched record to Faust's agents without the four tasks per "
                                              "record of its consumer loop (stylestream/consumer_fast_path.py); "
                                              "false = Faust's own loop")
