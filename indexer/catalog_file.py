@@ -74,20 +74,21 @@ def catalog_updates(frame: pd.DataFrame, ts: float) -> Iterator[CatalogUpdate]:
 def publish_catalog(frame: pd.DataFrame, bootstrap: str, ts: float | None = None, rate: float = 0.0,
                     progress: bool = True, security: KafkaSecurity = PLAINTEXT) -> int:
     """Produce every row to ``catalog.updates`` (key ``item_id``); ``rate`` records/s, 0 = flat out."""
-    from kafka import KafkaProducer
+    from stylestream.delivery import Deliveries, reliable_producer
 
     ts = time.time() if ts is None else ts
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, acks=1, batch_size=256 * 1024,
-                             **security.kafka_python())
+    producer = reliable_producer(bootstrap, security, linger_ms=20, batch_size=256 * 1024)
+    deliveries = Deliveries()
     sent, started = 0, time.monotonic()
     try:
         for update in tqdm(catalog_updates(frame, ts), total=len(frame), desc="catalog.updates", unit="item",
                            disable=not progress):
             if rate > 0 and (delay := started + sent / rate - time.monotonic()) > 0:
                 time.sleep(delay)
-            producer.send(CATALOG, key=update.item_id.encode(), value=update.to_bytes())
+            deliveries.track(producer.send(CATALOG, key=update.item_id.encode(), value=update.to_bytes()))
             sent += 1
         producer.flush()
     finally:
         producer.close()
+    deliveries.check("catalog updates")
     return sent

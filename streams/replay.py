@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pandas as pd
-from kafka import KafkaProducer
 
+from stylestream.delivery import Deliveries, reliable_producer
 from stylestream.kafka_security import PLAINTEXT, KafkaSecurity
 from stylestream.records import CLICKS, PURCHASES
 
@@ -54,7 +54,7 @@ def replay(interactions: pd.DataFrame, bootstrap: str, id_prefix: str, rate: flo
     progress = progress or ReplayProgress()
     progress.total, progress.started = len(interactions), time.monotonic()
     times = interactions["ts"].astype("int64").to_numpy() / 1e3 if len(interactions) else []
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks=1, **security.kafka_python())
+    producer, deliveries = reliable_producer(bootstrap, security, linger_ms=5), Deliveries()
     try:
         for topic, key, value in event_records(interactions, id_prefix):
             if stop is not None and stop.is_set():
@@ -66,7 +66,7 @@ def replay(interactions: pd.DataFrame, bootstrap: str, id_prefix: str, rate: flo
             if before_send is not None:
                 producer.flush()
                 before_send()
-            producer.send(topic, key=key, value=value)
+            deliveries.track(producer.send(topic, key=key, value=value))
             progress.sent += 1
             if on_send is not None:
                 on_send(topic, key, value)
@@ -74,6 +74,7 @@ def replay(interactions: pd.DataFrame, bootstrap: str, id_prefix: str, rate: flo
     finally:
         producer.close()
         progress.finished = time.monotonic()
+    deliveries.check("replayed events")
     return progress
 
 

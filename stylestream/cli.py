@@ -48,6 +48,7 @@ def friendly(fn: F) -> F:
         from indexer.sync import NoLiveCollection
         from models.bundle import BundleError
         from models.data import DataError
+        from stylestream.delivery import DeliveryError
         from stylestream.devstack import BrokerError
         from stylestream.devstack.processes import StartError
         from stylestream.devstack.stack import RayStartError
@@ -55,7 +56,7 @@ def friendly(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except (ConfigError, DataError, BrokerError, BundleError, CatalogFileError, NoLiveCollection,
-                FileNotFoundError, PermissionError) as exc:
+                DeliveryError, FileNotFoundError, PermissionError) as exc:
             err.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
             raise typer.Exit(2) from None
         except (StartError, RayStartError) as exc:  # a part of the stack did not start: one line
