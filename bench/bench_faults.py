@@ -38,7 +38,7 @@ def main() -> None:
     info = machine_info("cpu")
     with tempfile.TemporaryDirectory(prefix="bench-faults-") as work:
         results = Path(work) / "results.json"
-        env = {**os.environ, "STYLESTREAM_FAULTS_RESULTS": str(results), "STYLESTREAM_BROKER_FAULTS": "1"}
+        env = {**os.environ, "STYLESTREAM_FAULTS_RESULTS": str(results)}
         started = time.perf_counter()
         run = subprocess.run([sys.executable, "-m", "pytest", "tests/faults/test_faults.py", "-k", args.k, "-q", "-s",
                               "-p", "no:cacheprovider", "-rfExXs", "--tb=short", f"--basetemp={work}/pytest"],

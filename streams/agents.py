@@ -69,7 +69,9 @@ async def _log_start(source: tuple[str, int]) -> int:
     return int(next(iter(offsets.values())))
 
 
-source_offsets = SourceOffsets(sequences, _seek, _log_start, lambda: app.consumer_generation_id)
+# Rebalances, not the group's generation id: a coordinator that lost its state (a broker
+# restarted without it) numbers generations from 1 again, and the change went unseen.
+source_offsets = SourceOffsets(sequences, _seek, _log_start, lambda: app.rebalancing_count)
 _recommender: Recommender | None = None
 
 

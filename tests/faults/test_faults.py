@@ -200,26 +200,16 @@ def test_a_killed_worker_of_two_hands_its_shoppers_to_the_survivor(stack_factory
 BROKER_DOWN_S = 5.0
 
 
-class AcknowledgedWritesLost(AssertionError):
-    """The broker acknowledged events it no longer has after its restart."""
-
-
-@pytest.mark.skipif(not os.environ.get("STYLESTREAM_BROKER_FAULTS"),
-                    reason="2+ minutes and timing-sensitive on 2 cores: run with STYLESTREAM_BROKER_FAULTS=1 "
-                           "(noida-db loses acknowledged writes on SIGKILL, see the xfail)")
-@pytest.mark.xfail(strict=True, raises=AcknowledgedWritesLost,
-                   reason="noida-db 0.2.3 acknowledges writes before it saves them: it rewrites its whole Kafka "
-                          "state (kafka.json) once a second, so SIGKILL loses up to ~1 s of acknowledged records "
-                          "(a clean SIGTERM/SIGINT under load still loses the last 1-2)")
-def test_the_broker_killed_and_restarted_under_load_loses_nothing(stack_factory):
+def test_the_broker_killed_and_restarted_under_load_the_worker_applies_what_the_topics_hold(stack_factory):
     """SIGKILL noida-db mid-stream, leave it down 5 s, start it on the same port and data folder.
 
     What the producer could not deliver meanwhile it keeps and retries (delivery timeout
     60 s); a send that still failed is re-sent after the restart (same event id: the worker
     counts an event once). The worker reconnects by itself and goes on: every event on the
-    topics after the restart is in the table exactly once. Then the durability half: every
-    event the broker acknowledged must still be on its topic (it is not, with noida-db: the
-    xfail). The table is in memory here: with RocksDB (the default) the worker stops at once
+    topics after the restart is in the table exactly once, also those the broker wrote at
+    offsets it had lost and handed out again. Then the durability half: every event the
+    broker acknowledged must still be on its topic; noida-db loses some, and the test then
+    ends as an xfail that counts them. The table is in memory here: with RocksDB (the default) the worker stops at once
     when the changelog comes back shorter than its table (Faust ConsistencyError, see the
     report), which would hide the reconnect this test checks.
     """
@@ -262,10 +252,12 @@ def test_the_broker_killed_and_restarted_under_load_loses_nothing(stack_factory)
            retried_by_producer=retried, re_sent_after_restart=len(sender.failed), events_sent=len(sent),
            acknowledged_lost_by_broker=len(lost), events_missing_from_table=sum((high - got).values()),
            double_counted=sum((got - high).values()))
-    if lost:
+    assert worker.proc.poll() is None
+    if lost:  # the broker's defect, not the pipeline's: what the topics hold was applied exactly once
         acked_before = sum(1 for i in lost if sender.acked.get(i, down_at) < down_at)
-        raise AcknowledgedWritesLost(f"{len(lost)} events acknowledged by the broker ({acked_before} before the kill) "
-                                     f"are not on their topics after the restart, e.g. {lost[:5]}")
+        pytest.xfail(f"noida-db 0.2.3 lost {len(lost)} acknowledged events ({acked_before} acknowledged before the "
+                     "kill): it saves its Kafka state (kafka.json) once a second, so SIGKILL loses up to ~1 s of "
+                     "acknowledged records; a Kafka broker with acks=all and replicas does not")
     assert all_counts(worker, users) == high
 
 
