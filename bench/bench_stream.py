@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 from kafka import KafkaConsumer
 
 from models.data.synth import synthesize
@@ -39,6 +40,7 @@ def drain_rate(stack: DevStack, events, prefix: str, workers: int = 1) -> dict:
     t0 = time.monotonic()
     group = [stack.start_worker() for _ in range(workers)]
     t_ready = time.monotonic()
+    cpu = CpuMeter([w.proc.pid for w in group] + [stack.broker.proc.pid])
     samples = []
     while True:
         stats = [w.stats() for w in group]
@@ -47,6 +49,8 @@ def drain_rate(stack: DevStack, events, prefix: str, workers: int = 1) -> dict:
         if received >= len(events):
             break
         time.sleep(0.5)
+    *worker_cpu, broker_cpu = cpu.seconds()
+    handled = received - samples[0][1]
     ts, n = np.array(samples).T
     start = n[0] + 0.1 * (len(events) - n[0])  # the middle of what is left once all have joined
     mid = (n >= start) & (n <= 0.9 * len(events))
@@ -59,7 +63,28 @@ def drain_rate(stack: DevStack, events, prefix: str, workers: int = 1) -> dict:
             "events_per_s_sustained": round(sustained, 1),
             "events_per_s_per_worker": round(sustained / workers, 1),
             "received_by_worker": [s["received"] for s in stats],
-            "recs_published": sum(s["recs_published"] for s in stats)}
+            "recs_published": sum(s["recs_published"] for s in stats),
+            # what a worker costs whatever else the machine runs: its CPU time per event drained
+            "worker_cpu_us_per_event": round(sum(worker_cpu) / max(handled, 1) * 1e6, 1),
+            "events_per_worker_cpu_s": round(max(handled, 1) / max(sum(worker_cpu), 1e-9), 1),
+            "broker_cpu_s": round(broker_cpu, 2), "workers_cpu_s": round(sum(worker_cpu), 2)}
+
+
+class CpuMeter:
+    """CPU seconds (user + system) each process has used since this was made: a busy host
+    slows the wall clock, not the CPU a worker spends per event."""
+
+    def __init__(self, pids: list[int]):
+        self.procs = [psutil.Process(pid) for pid in pids]
+        self.start = [self._used(p) for p in self.procs]
+
+    @staticmethod
+    def _used(proc: psutil.Process) -> float:
+        times = proc.cpu_times()
+        return times.user + times.system
+
+    def seconds(self) -> list[float]:
+        return [self._used(p) - s for p, s in zip(self.procs, self.start, strict=True)]
 
 
 def latency_at_rate(stack: DevStack, events, prefix: str, rate: float) -> dict:
