@@ -13,6 +13,8 @@ if Settings.from_env().event_loop == "uvloop":
 
 from streams import agents  # noqa: E402, F401 - registers the agents, timers and pages
 from streams.app import app  # noqa: E402
+from stylestream.faust_app import worker_tables  # noqa: E402
 
 if __name__ == "__main__":
-    app.main()
+    with worker_tables(app):
+        app.main()

@@ -4,9 +4,11 @@ settings and the way a bad record goes to the dead-letter topic."""
 from __future__ import annotations
 
 import logging
+import sys
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -15,6 +17,7 @@ from faust.streams import _current_event  # Faust's own binding of the event bei
 from stylestream.config import Settings
 from stylestream.kafka_security import KafkaSecurity
 from stylestream.records import DeadLetter
+from stylestream.table_store import kept_if_stopped_cleanly
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +34,8 @@ def key_as_record_key(table: Any) -> Any:
 
 
 def faust_app(app_id: str, settings: Settings, web_port: int) -> faust.App:
-    """One Faust app on the configured broker: memory tables backed by changelog topics,
-    static group membership, fast joins, quiet client logs."""
+    """One Faust app on the configured broker: tables in the configured store, backed by
+    changelog topics, static group membership, fast joins, quiet client logs."""
     from stylestream import consumer_fast_path, fetch_backoff
 
     fetch_backoff.install(settings.fetch_idle_wait_ms)
@@ -77,6 +80,14 @@ def table_options(settings: Settings) -> dict[str, Any] | None:
         return None
     return {"write_buffer_size": settings.rocksdb_write_buffer_mb * 2**20, "max_write_buffer_number": 2,
             "block_cache_size": settings.rocksdb_block_cache_mb * 2**20}
+
+
+def worker_tables(app: faust.App) -> AbstractContextManager[None]:
+    """Around ``python -m <app> worker``: its local table store is kept only after a clean stop
+    (:mod:`stylestream.table_store`); other commands leave the store alone."""
+    if "worker" not in sys.argv[1:]:
+        return nullcontext()
+    return kept_if_stopped_cleanly(Path(app.conf.tabledir))
 
 
 @contextmanager

@@ -107,6 +107,7 @@ def test_worker_killed_mid_stream_recovers_its_table_exactly(stack_factory):
     wait_for(lambda: worker.stats()["processed"] >= 1500, 60, "the worker to process (and commit) a while")
     stack.stop_worker(worker, kill=True)
     worker = stack.start_worker()
+    assert "did not stop cleanly" in worker.log_path.read_text(), "the killed worker's local store is rebuilt"
     sender.join(60)
     assert sum(sent.values()) == total
     try:
@@ -195,12 +196,24 @@ def test_a_worker_on_uvloop_processes_and_dead_letters_like_any_other(stack_fact
     assert worker.get("/users/u1/")["n"] == 30
 
 
-def test_worker_stops_cleanly_on_sigterm(stack_factory):
-    stack = stack_factory()
-    stack.start_broker()
+def test_worker_stops_cleanly_on_sigterm_and_its_successor_keeps_its_local_tables(stack_factory):
+    """A clean stop marks the local store as what the changelog holds (stylestream.table_store):
+    the next worker keeps it, where after a kill it rebuilds it."""
+    stack = stack_factory(trigger_every_clicks=0, trigger_idle_seconds=0)
+    bootstrap = stack.start_broker()
     worker = stack.start_worker()
+    producer = KafkaProducer(bootstrap_servers=bootstrap)
+    for i in range(20):
+        producer.send(CLICKS, key=b"u1", value=dumps(event("click", i, "u1", f"i{i}")))
+    producer.flush()
+    producer.close()
+    wait_for(lambda: worker.stats()["processed"] == 20, 60, "20 events")
     worker.proc.send_signal(signal.SIGTERM)
     assert worker.proc.wait(30) == 0
+    stack.stop_worker(worker)  # gone already: the successor takes its id, worker-1, and its folder
+    worker = stack.start_worker()
+    assert "did not stop cleanly" not in worker.log_path.read_text()
+    assert worker.get("/users/u1/")["n"] == 20
 
 
 def test_a_fuzzed_mix_of_events_is_conserved_and_nothing_malformed_enters_a_sequence(stack_factory):
