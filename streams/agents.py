@@ -268,19 +268,35 @@ async def idle_triggers() -> None:
 
 @app.timer(interval=SOURCE_AUDIT_S)
 async def audit_source_offsets() -> None:
-    """A stretch of events skipped on a partition that gets nothing after it would wait for the
-    next event to show it: compare quiet partitions' read offsets with their checkpoints.
-
-    The consumer's own record of the last offset it handed over (or sought to) is read, not
-    ``consumer.position()``: that call waits for a valid position inside the consumer
-    thread's two-worker method queue, and during a recovery (partitions paused) it waited for
-    ever, blocking the recovery's own calls behind it (seen: a worker stuck in recovery)."""
+    """A stretch of events skipped at the end of a partition, with nothing after it to show
+    the gap: compare quiet partitions' consumer positions with their checkpoints."""
     if app.rebalancing or app.in_recovery or not app.tables.recovery.completed.is_set():
         return
-    read = app.consumer._read_offset  # Faust: TP -> last offset delivered, or the offset sought to
-    positions = {(tp.topic, tp.partition): offset for tp, offset in list(read.items())
-                 if tp.topic in events_topic.topics and offset is not None}
-    await source_offsets.audit(positions)
+    await source_offsets.audit(consumed_positions())
+
+
+def consumed_positions() -> dict[tuple[str, int], int]:
+    """Each assigned event partition's next offset the client will hand over: past every
+    record it took from the broker, whether Faust gave that record to the agent or not.
+
+    Faust drops the rest of a fetched batch when its flow stops mid-batch, with the client
+    already past it (seen after a worker restart: the last 113 purchases of a partition
+    never reached the agent, and Faust's own read offset stayed at the record before them).
+    So the client's position is read, from its assignment state, not Faust's read offset,
+    nor ``consumer.position()``: that call waits for a valid position inside the consumer
+    thread's two-worker method queue, and during a recovery (partitions paused) it waited for
+    ever, blocking the recovery's own calls behind it (seen: a worker stuck in recovery)."""
+    client = app.consumer._thread._consumer  # Faust's aiokafka consumer (in its own thread)
+    subscription = client._subscription.subscription if client is not None else None
+    assignment = subscription.assignment if subscription is not None else None
+    if assignment is None:
+        return {}
+    positions = {}
+    for tp in assignment.tps:
+        state = assignment.state_value(tp)
+        if tp.topic in events_topic.topics and state is not None and state.has_valid_position:
+            positions[(tp.topic, tp.partition)] = state.position
+    return positions
 
 
 @app.page("/stats/")

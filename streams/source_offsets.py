@@ -21,8 +21,8 @@ batch is checked against it before anything is applied:
   and the gap accepted.
 
 A partition that gets no later event would show no gap, so an audit (``audit``, on a timer)
-also compares each quiet partition's read offset with what it owes, twice in a row before it
-acts. A needless seek costs only redeliveries, which are dropped.
+also compares each quiet partition's consumer position with what it owes, twice in a row
+before it acts. A needless seek costs only redeliveries, which are dropped.
 """
 
 from __future__ import annotations
@@ -110,14 +110,14 @@ class SourceOffsets:
                 out.held_back += 1
         return out
 
-    async def audit(self, read: dict[Source, int]) -> None:
-        """``read``: each assigned source's last offset the consumer handed over (or sought to).
-        A source quiet for QUIET_S that was read past what it owes had records skipped with
+    async def audit(self, positions: dict[Source, int]) -> None:
+        """``positions``: each assigned source's next offset the consumer will hand over. A
+        source quiet for QUIET_S whose consumer is past what it owes had records skipped with
         nothing after them to show it: read it again from there."""
         self._check_generation()
         now = time.monotonic()
         seen, self._audited = self._audited, {}
-        for source, offset in read.items():
+        for source, offset in positions.items():
             if now - self._last_seen.get(source, self._generation_since) < QUIET_S:
                 continue
             expected = self._next.get(source)
