@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from stylestream.devstack.processes import free_port, pid_alive, port_open, spawn, stop, wait_until
@@ -76,9 +77,14 @@ class EmbeddedMilvus:
     def stop(self) -> None:
         """SIGINT: Milvus Lite closes its data cleanly on it (SIGTERM would not)."""
         if self.proc is not None:
-            stop(self.proc, signal.SIGINT, timeout=20)
+            started = time.monotonic()
+            code = stop(self.proc, signal.SIGINT, timeout=20)
             (self.data_dir.parent / ENDPOINT).unlink(missing_ok=True)
-            log.info("stopped the Milvus Lite server")
+            if code == -signal.SIGKILL:
+                log.warning("the Milvus Lite server did not stop within 20 s of SIGINT and was killed "
+                            "(its data then reopens as after a crash)")
+            else:
+                log.info("stopped the Milvus Lite server (%.1f s)", time.monotonic() - started)
             self.proc = None
 
 
