@@ -97,6 +97,9 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--sasrec-batch", type=int, default=64)
     p.add_argument("--sasrec-device", default="cpu", help="SASRec training device (auto: GPU if any)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tag", default="",
+                   help="a name for this variant: writes quality_<name>_<tag>.json and reports/<name>_<tag> "
+                        "beside the default run's instead of over them")
     p.add_argument("--reuse-bundle", action="store_true",
                    help="evaluate the bundle a previous run left in --home/eval-work/<name> instead of "
                         "training a new one (the default retrains: code changes reach the numbers)")
@@ -162,7 +165,8 @@ def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
     cfg = config_for(name, args)
     if not getattr(args, "reuse_bundle", False) and cfg.bundle is not None:
         (Path(cfg.bundle) / "bundle.json").unlink(missing_ok=True)  # train afresh
-    report_dir = args.results / "reports" / name
+    label = f"{name}_{args.tag}" if getattr(args, "tag", "") else name
+    report_dir = args.results / "reports" / label
     result = run_evaluation(data, cfg, report_dir, progress=True)
     out = {
         "benchmark": "quality", "dataset": name, "wall_seconds": round(time.perf_counter() - t0, 1),
@@ -171,7 +175,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "report_dir": str(report_dir), **result.to_json(),
     }
-    path = args.results / f"quality_{name}.json"
+    path = args.results / f"quality_{label}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"[bench] {name}: {out['wall_seconds']:.0f} s; wrote {path}", flush=True)
     for system, m in result.systems.items():

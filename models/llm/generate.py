@@ -255,17 +255,20 @@ class GenerationTotals:
 
 
 def generate_in_batches(generator: Any, prompts: Sequence[str], max_new_tokens: int, batch_size: int,
-                        totals: GenerationTotals | None = None, progress: Any = None) -> list[str]:
-    """Greedy answers for many prompts, batched by similar length (less padding); order kept.
+                        totals: GenerationTotals | None = None, progress: Any = None,
+                        num_beams: int = 1) -> list[str]:
+    """Greedy (or beam-search) answers for many prompts, batched by similar length (less
+    padding); order kept.
 
-    ``generator`` is a :class:`Generator` or an ONNX ``OnnxGenerator``; ``progress`` is an
-    optional tqdm-like bar advanced per batch.
+    ``generator`` is a :class:`Generator` or an ONNX ``OnnxGenerator`` (greedy only);
+    ``progress`` is an optional tqdm-like bar advanced per batch.
     """
+    beams = {"num_beams": num_beams} if num_beams > 1 else {}
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out = [""] * len(prompts)
     for lo in range(0, len(order), max(1, batch_size)):
         batch = order[lo:lo + max(1, batch_size)]
-        result = generator.generate([prompts[i] for i in batch], max_new_tokens=max_new_tokens)
+        result = generator.generate([prompts[i] for i in batch], max_new_tokens=max_new_tokens, **beams)
         for i, text in zip(batch, result.texts, strict=True):
             out[i] = text
         if totals is not None:

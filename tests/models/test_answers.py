@@ -56,3 +56,22 @@ def test_generate_answers_keys_every_event():
                           "category": [None] * 3, "colour": [None] * 3, "brand": [None] * 3})
     out = generate_answers(EchoGenerator(), items, events(), max_history=5, max_new_tokens=4, batch_size=2)
     assert list(out) == event_keys(events(), ["a", "b", "c"]) and all(v.startswith("len ") for v in out.values())
+
+
+class BeamRecorder(EchoGenerator):
+    def __init__(self):
+        self.beams = []
+
+    def generate(self, prompts, max_new_tokens=24, num_beams=1):
+        self.beams.append(num_beams)
+        return super().generate(prompts, max_new_tokens)
+
+
+def test_a_beam_width_reaches_the_generator_and_greedy_asks_for_none():
+    items = pd.DataFrame({"item_id": ["a", "b", "c"], "title": ["red dress", "blue jeans", "hat"],
+                          "category": [None] * 3, "colour": [None] * 3, "brand": [None] * 3})
+    beam = BeamRecorder()
+    generate_answers(beam, items, events(), max_history=5, max_new_tokens=4, batch_size=2, num_beams=4)
+    greedy = BeamRecorder()
+    generate_answers(greedy, items, events(), max_history=5, max_new_tokens=4, batch_size=2)
+    assert beam.beams == [4, 4] and greedy.beams == [1, 1]

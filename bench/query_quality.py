@@ -1,0 +1,174 @@
+"""What the generated text is worth as a query: answer sets compared through the bundle.
+
+Each answer set (:mod:`models.answers`: the LoRA run's greedy answers, beam search, the
+untrained base model's, and the last item's title as if it were an answer) is turned
+into the text query and ranked by the bundle's served computation, on the events every set
+covers (validation and test), three ways:
+
+- ``text half, generated text``: title similarity to the answer alone (λ = 1, no anchor,
+  no repeat term): how close the text lands to what was bought;
+- ``mix-up, generated text alone``: the served fusion with the anchor at 0;
+- ``mix-up (served)``: the served fusion as chosen on validation (anchor included).
+
+Each is compared with the first answer set by a paired bootstrap.  ``--base-answers N``
+first generates the untrained base model's answers here (the served generation code, on
+this machine's CPU: about a second an answer) for a seeded N of the first set's test
+events.  Writes ``bench/results/query_quality_<name>.json``.
+
+    python bench/query_quality.py --datasets amazon-clothing-loo --encoders minilm \\
+        --answers lora=.stylestream/runs/amazon-clothing-loo/answers.json --base-answers 500
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench_quality import build_parser, config_for, load_dataset, start  # noqa: E402
+
+from models.answers import Answers, event_keys, generate_answers  # noqa: E402
+from models.bundle import Bundle  # noqa: E402
+from models.evaluate import llm_sample, mixup_ranks, subset, test_events  # noqa: E402
+from models.metrics import NextItemEvents, hits_at_k, ndcg_at_k, ndcg_gains, paired_bootstrap, recall_at_k  # noqa: E402
+from models.recommender import History, MixupRecommender  # noqa: E402
+from models.train import base_model_path, validation_events  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--answers", action="append", default=[], metavar="NAME=PATH",
+                        help="an answer set; the first is the reference of the paired differences")
+    parser.add_argument("--base-answers", type=int, default=0, metavar="N",
+                        help="generate the untrained base model's answers here for a seeded N of the "
+                             "first set's test events, and compare them")
+    args = parser.parse_args(argv)
+    if not args.answers:
+        parser.error("give at least one --answers NAME=PATH")
+    sets = dict(_named(a, parser) for a in args.answers)
+    for name in start(args):
+        out = compare(name, args, sets)
+        path = args.results / f"query_quality_{name}.json"
+        path.write_text(json.dumps(out, indent=2) + "\n")
+        print(f"[bench] wrote {path}", flush=True)
+    return 0
+
+
+def _named(spec: str, parser: Any) -> tuple[str, Path]:
+    name, _, path = spec.partition("=")
+    if not path or not Path(path).is_file():
+        parser.error(f"--answers {spec!r}: expected NAME=PATH of an answers file")
+    return name, Path(path)
+
+
+def compare(name: str, args: Any, sets: dict[str, Path]) -> dict[str, Any]:
+    data = load_dataset(name, args)
+    cfg = config_for(name, args)
+    bundle = Bundle.load(cfg.bundle)
+    bundle.require_data(data.data_hash())
+    rec = MixupRecommender(bundle, engine=cfg.engine, device="cpu")
+    answers = {k: Answers.load(p) for k, p in sets.items()}
+    items = data.items["item_id"].astype(str).tolist()
+    parts = {"val": validation_events(data, cfg), "test": test_events(data, cfg)}
+    costs: dict[str, Any] = {}
+    if args.base_answers:
+        reference = next(iter(answers.values()))
+        answers["untrained"] = base_answers(data, cfg, parts, reference, args.base_answers, costs)
+        answers["untrained"].save(args.results / f"answers_untrained_{name}.json")
+    answers["last title"] = last_titles(data, parts, items)
+    out: dict[str, Any] = {"benchmark": "query_quality", "dataset": name, "data_hash": data.data_hash(),
+                           "bundle": bundle.version, "fusion": rec.fusion.to_json(),
+                           "answer_sets": {k: {"model_version": a.model_version, "costs": a.costs}
+                                           for k, a in answers.items()},
+                           "costs": costs}
+    for part, events in parts.items():
+        out[part] = score_part(rec, events, items, answers, part)
+        print(_table(part, out[part]), flush=True)
+    return out
+
+
+def last_titles(data: Any, parts: dict[str, NextItemEvents], items: list[str]) -> Answers:
+    """The last item's title as if it were the answer: the query the generated text must beat."""
+    title = dict(zip(items, data.items["title"].fillna("").astype(str), strict=True))
+    out = Answers("last-title", data.data_hash())
+    for part, events in parts.items():
+        setattr(out, part, {k: title.get(str(h[-1]), "") for k, h in
+                            zip(event_keys(events, items), events.histories, strict=True) if len(h)})
+    return out
+
+
+def base_answers(data: Any, cfg: Any, parts: dict[str, NextItemEvents], reference: Answers, n: int,
+                 costs: dict[str, Any]) -> Answers:
+    """The untrained base model's answers (served generation code, this machine's CPU)."""
+    from tqdm import tqdm
+
+    from models.llm.generate import GenerationTotals, Generator
+
+    items = data.items["item_id"].astype(str).tolist()
+    test = llm_sample(parts["test"], cfg)
+    keys = event_keys(test, items)
+    covered = np.array([i for i, k in enumerate(keys) if k in reference.test])
+    rows = np.sort(np.random.default_rng(cfg.seed + 11).choice(covered, min(n, len(covered)), replace=False))
+    generator = Generator(base_model_path(cfg), device="cpu")
+    out = Answers("untrained-base", data.data_hash())
+    totals, t0 = GenerationTotals(), time.perf_counter()
+    events = subset(test, rows)
+    with tqdm(total=len(events), desc="untrained answers") as bar:
+        out.test = generate_answers(generator, data.items, events, cfg.max_history, cfg.max_new_tokens,
+                                    cfg.gen_batch_size, totals, bar)
+    out.costs = {"device": "cpu", "answers": totals.n, "seconds": round(time.perf_counter() - t0, 1),
+                 "malformed_rate": round(totals.malformed_rate, 4)}
+    costs["untrained_answers"] = out.costs
+    return out
+
+
+def score_part(rec: MixupRecommender, events: NextItemEvents, items: list[str], answers: dict[str, Answers],
+               part: str) -> dict[str, Any]:
+    """Per answer set and query, Recall@10 / NDCG@10 on the events every set covers; paired
+    differences against the first set."""
+    keys = event_keys(events, items)
+    tables = {k: t for k, a in answers.items() if (t := a.val if part == "val" else a.test)}
+    rows = np.array([i for i, key in enumerate(keys) if all(key in t for t in tables.values())], dtype=int)
+    if not len(rows):
+        return {"n_events": 0}
+    ev = subset(events, rows)
+    histories = [History.of(h, k) for h, k in zip(ev.histories, ev.kinds, strict=True)]
+    states = rec.user_states(histories)
+    queries = {"text half, generated text": rec.fusion.with_lambda(1.0).with_anchor(0.0).with_repeat(()),
+               "mix-up, generated text alone": rec.fusion.with_anchor(0.0),
+               "mix-up (served)": rec.fusion}
+    ranks: dict[str, dict[str, np.ndarray]] = {}
+    out: dict[str, Any] = {"n_events": int(len(rows)), "systems": {}, "paired": {}, "distinct_answers": {}}
+    for name, table in tables.items():
+        texts = [table[keys[i]] for i in rows]
+        out["distinct_answers"][name] = len(set(texts))
+        vecs = rec.text_vectors(texts)
+        ranks[name] = {q: mixup_ranks(rec, vecs, states, histories, ev.targets, f) for q, f in queries.items()}
+        out["systems"][name] = {q: {"recall@10": recall_at_k(r, 10), "ndcg@10": ndcg_at_k(r, 10)}
+                                for q, r in ranks[name].items()}
+    first = next(iter(tables))
+    for name in list(tables)[1:]:
+        out["paired"][f"{name} - {first}"] = {
+            q: {m: paired_bootstrap(f(ranks[name][q], 10), f(ranks[first][q], 10)).as_dict()
+                for m, f in (("recall@10", hits_at_k), ("ndcg@10", ndcg_gains))}
+            for q in queries}
+    return out
+
+
+def _table(part: str, res: dict[str, Any]) -> str:
+    lines = [f"{part}: {res.get('n_events', 0)} events"]
+    for name, systems in res.get("systems", {}).items():
+        cells = "  ".join(f"{q} {m['recall@10']:.4f}/{m['ndcg@10']:.4f}" for q, m in systems.items())
+        lines.append(f"  {name:10s} ({res['distinct_answers'][name]} distinct) {cells}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
