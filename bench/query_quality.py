@@ -13,7 +13,9 @@ covers (validation and test), three ways:
 Each is compared with the first answer set by a paired bootstrap.  ``--base-answers N``
 first generates the untrained base model's answers here (the served generation code, on
 this machine's CPU: about a second an answer) for a seeded N of the first set's test
-events.  Writes ``bench/results/query_quality_<name>.json``.
+events; ``--beam-answers N`` the LoRA run's answers by beam search, likewise (among the
+events the untrained answers cover, when there are any).  Writes
+``bench/results/query_quality_<name>.json``.
 
     python bench/query_quality.py --datasets amazon-clothing-loo --encoders minilm \\
         --answers lora=.stylestream/runs/amazon-clothing-loo/answers.json --base-answers 500
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -49,6 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-answers", type=int, default=0, metavar="N",
                         help="generate the untrained base model's answers here for a seeded N of the "
                              "first set's test events, and compare them")
+    parser.add_argument("--beam-answers", type=int, default=0, metavar="N",
+                        help="generate the LoRA run's (--lora-runs) answers by beam search here for "
+                             "a seeded N of the first set's test events, and compare them")
+    parser.add_argument("--beam-width", type=int, default=4)
+    parser.add_argument("--sample-answers", type=int, default=0, metavar="N",
+                        help="generate --samples sampled answers of the LoRA run here per event for a "
+                             "seeded N of the first set's test events; their embeddings are averaged")
+    parser.add_argument("--samples", type=int, default=4, help="sampled answers per event (temperature 0.8)")
     args = parser.parse_args(argv)
     if not args.answers:
         parser.error("give at least one --answers NAME=PATH")
@@ -78,10 +89,14 @@ def compare(name: str, args: Any, sets: dict[str, Path]) -> dict[str, Any]:
     items = data.items["item_id"].astype(str).tolist()
     parts = {"val": validation_events(data, cfg), "test": test_events(data, cfg)}
     costs: dict[str, Any] = {}
-    if args.base_answers:
-        reference = next(iter(answers.values()))
-        answers["untrained"] = base_answers(data, cfg, parts, reference, args.base_answers, costs)
-        answers["untrained"].save(args.results / f"answers_untrained_{name}.json")
+    for label, n, kind in (("untrained", args.base_answers, "untrained"),
+                           (f"beam{args.beam_width}", args.beam_answers, "beam"),
+                           (f"sampled{args.samples}", args.sample_answers, "sampled")):
+        if n:
+            saved = args.results / f"answers_{label}_{name}.json"
+            answers[label] = (Answers.load(saved) if saved.is_file() else
+                              made_here(data, cfg, parts, list(answers.values()), n, kind, args, costs))
+            answers[label].save(saved)
     answers["last title"] = last_titles(data, parts, items)
     out: dict[str, Any] = {"benchmark": "query_quality", "dataset": name, "data_hash": data.data_hash(),
                            "bundle": bundle.version, "fusion": rec.fusion.to_json(),
@@ -104,9 +119,12 @@ def last_titles(data: Any, parts: dict[str, NextItemEvents], items: list[str]) -
     return out
 
 
-def base_answers(data: Any, cfg: Any, parts: dict[str, NextItemEvents], reference: Answers, n: int,
-                 costs: dict[str, Any]) -> Answers:
-    """The untrained base model's answers (served generation code, this machine's CPU)."""
+def made_here(data: Any, cfg: Any, parts: dict[str, NextItemEvents], covering: list[Answers], n: int,
+              kind: str, args: Any, costs: dict[str, Any]) -> Answers:
+    """Answers generated on this machine's CPU by the served generation code, for a seeded
+    ``n`` of the test events that every set in ``covering`` answers: the untrained base
+    model's (greedy), or the LoRA run's by beam search or sampling (a saved file is reused:
+    they cost seconds an answer)."""
     from tqdm import tqdm
 
     from models.llm.generate import GenerationTotals, Generator
@@ -114,18 +132,24 @@ def base_answers(data: Any, cfg: Any, parts: dict[str, NextItemEvents], referenc
     items = data.items["item_id"].astype(str).tolist()
     test = llm_sample(parts["test"], cfg)
     keys = event_keys(test, items)
-    covered = np.array([i for i, k in enumerate(keys) if k in reference.test])
+    covered = np.array([i for i, k in enumerate(keys) if all(k in a.test for a in covering)])
     rows = np.sort(np.random.default_rng(cfg.seed + 11).choice(covered, min(n, len(covered)), replace=False))
-    generator = Generator(base_model_path(cfg), device="cpu")
-    out = Answers("untrained-base", data.data_hash())
+    options = {"beam": {"num_beams": args.beam_width}, "sampled": {"samples": args.samples}}.get(kind, {})
+    if kind == "untrained":
+        generator, version = Generator(base_model_path(cfg), device="cpu"), "untrained-base"
+    else:
+        generator = Generator(base_model_path(cfg), adapter=Path(cfg.lora_run) / "adapter", device="cpu")
+        version = f"{covering[0].model_version}+{kind}{max(options.values())}"
+    torch.manual_seed(cfg.seed)
+    out = Answers(version, data.data_hash())
     totals, t0 = GenerationTotals(), time.perf_counter()
     events = subset(test, rows)
-    with tqdm(total=len(events), desc="untrained answers") as bar:
+    with tqdm(total=len(events), desc=f"{kind} answers") as bar:
         out.test = generate_answers(generator, data.items, events, cfg.max_history, cfg.max_new_tokens,
-                                    cfg.gen_batch_size, totals, bar)
-    out.costs = {"device": "cpu", "answers": totals.n, "seconds": round(time.perf_counter() - t0, 1),
-                 "malformed_rate": round(totals.malformed_rate, 4)}
-    costs["untrained_answers"] = out.costs
+                                    cfg.gen_batch_size, totals, bar, **options)
+    out.costs = {"device": "cpu", "answers": totals.n, **options,
+                 "seconds": round(time.perf_counter() - t0, 1), "malformed_rate": round(totals.malformed_rate, 4)}
+    costs[f"{kind}_answers"] = out.costs
     return out
 
 
@@ -149,7 +173,7 @@ def score_part(rec: MixupRecommender, events: NextItemEvents, items: list[str], 
     for name, table in tables.items():
         texts = [table[keys[i]] for i in rows]
         out["distinct_answers"][name] = len(set(texts))
-        vecs = rec.text_vectors(texts)
+        vecs = query_vectors(rec, texts)
         ranks[name] = {q: mixup_ranks(rec, vecs, states, histories, ev.targets, f) for q, f in queries.items()}
         out["systems"][name] = {q: {"recall@10": recall_at_k(r, 10), "ndcg@10": ndcg_at_k(r, 10)}
                                 for q, r in ranks[name].items()}
@@ -160,6 +184,16 @@ def score_part(rec: MixupRecommender, events: NextItemEvents, items: list[str], 
                 for m, f in (("recall@10", hits_at_k), ("ndcg@10", ndcg_gains))}
             for q in queries}
     return out
+
+
+def query_vectors(rec: MixupRecommender, texts: list[str]) -> np.ndarray:
+    """The text vector of each answer; of an event with several (sampled) answers, one per
+    line, the normalised mean of theirs."""
+    lines = [t.split("\n") for t in texts]
+    flat = rec.text_vectors([x for ls in lines for x in ls])
+    ends = np.cumsum([len(ls) for ls in lines])
+    means = np.stack([flat[e - len(ls):e].mean(axis=0) for e, ls in zip(ends, lines, strict=True)])
+    return means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
 
 
 def _table(part: str, res: dict[str, Any]) -> str:

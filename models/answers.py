@@ -51,12 +51,10 @@ class Answers:
         """The file's answers, cleaned again by today's :func:`~models.llm.generate.clean_output`
         (idempotent on clean text), so a file made before a cleaning rule still holds what
         serving would answer."""
-        from models.llm.generate import clean_output
-
         data = json.loads(Path(path).read_text())
         if data.get("format") != FORMAT:
             raise ValueError(f"{path} is not a stylestream answers file ({FORMAT})")
-        val, test = ({k: clean_output(v)[0] for k, v in data.get(part, {}).items()} for part in ("val", "test"))
+        val, test = ({k: _clean(v) for k, v in data.get(part, {}).items()} for part in ("val", "test"))
         return cls(data["model_version"], data["data_hash"], val, test, data.get("costs", {}))
 
     def require(self, model_version: str, data_hash: str) -> None:
@@ -73,11 +71,19 @@ class Answers:
         return [table[k] for k in keys]
 
 
+def _clean(text: str) -> str:
+    """Each answer line cleaned (several lines: sampled answers of one event)."""
+    from models.llm.generate import clean_output
+
+    return "\n".join(clean_output(line)[0] for line in text.split("\n"))
+
+
 def generate_answers(generator: Any, items: pd.DataFrame, events: NextItemEvents, max_history: int,
                      max_new_tokens: int, batch_size: int, totals: Any = None,
-                     progress: Any = None, num_beams: int = 1) -> dict[str, str]:
+                     progress: Any = None, num_beams: int = 1, samples: int = 0) -> dict[str, str]:
     """The served generation for each event, keyed by :func:`event_keys` (``num_beams`` > 1:
-    beam search instead of the served greedy decoding, for comparing the two)."""
+    beam search instead of the served greedy decoding; ``samples`` > 0: that many sampled
+    answers, one per line; for comparing them)."""
     from models.llm.generate import generate_in_batches
     from models.llm.prompts import _catalog
     from models.recommender import History, history_prompts
@@ -85,5 +91,5 @@ def generate_answers(generator: Any, items: pd.DataFrame, events: NextItemEvents
     histories = [History.of(h, k) for h, k in zip(events.histories, events.kinds, strict=True)]
     prompts = history_prompts(histories, _catalog(items), generator.tokenizer, max_history)
     texts = generate_in_batches(generator, prompts, max_new_tokens, batch_size, totals, progress,
-                                num_beams)
+                                num_beams, samples)
     return dict(zip(event_keys(events, items["item_id"].astype(str).tolist()), texts, strict=True))

@@ -176,11 +176,13 @@ class Generator:
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 24, num_beams: int = 1,
-                 fixed_length: bool = False) -> GenerationResult:
+                 fixed_length: bool = False, samples: int = 0, temperature: float = 0.8) -> GenerationResult:
         """Generate one answer per prompt in a single batch (greedy unless ``num_beams`` > 1).
 
         ``fixed_length`` decodes exactly ``max_new_tokens`` per row, ignoring EOS and line
         ends: benchmarks use it so throughput does not depend on what the model says.
+        ``samples`` > 0 draws that many sampled answers per prompt instead (at ``temperature``),
+        prompt after prompt in the result: for averaging their embeddings.
         """
         if not prompts:
             return GenerationResult([], [], [], 0.0, 0, 0)
@@ -189,12 +191,14 @@ class Generator:
         stopping = None
         if self.newline_ids and num_beams == 1 and not fixed_length:
             stopping = StoppingCriteriaList([_StopAtLineEnd(self.newline_ids, ids.shape[1])])
+        decoding = ({"do_sample": True, "num_return_sequences": samples, "temperature": temperature,
+                     "top_p": None, "top_k": None} if samples > 0 else
+                    {"do_sample": False, "temperature": None, "top_p": None, "top_k": None})
         out = self.model.generate(
             input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
             max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens if fixed_length else None,
-            do_sample=False, num_beams=num_beams, eos_token_id=self.stop_ids,
-            pad_token_id=self.tokenizer.pad_token_id, stopping_criteria=stopping,
-            temperature=None, top_p=None, top_k=None)
+            num_beams=num_beams, eos_token_id=self.stop_ids,
+            pad_token_id=self.tokenizer.pad_token_id, stopping_criteria=stopping, **decoding)
         new = out[:, ids.shape[1]:].cpu()
         seconds = time.perf_counter() - started
         return self._result(new, seconds, len(prompts), fixed_length)
@@ -256,21 +260,27 @@ class GenerationTotals:
 
 def generate_in_batches(generator: Any, prompts: Sequence[str], max_new_tokens: int, batch_size: int,
                         totals: GenerationTotals | None = None, progress: Any = None,
-                        num_beams: int = 1) -> list[str]:
-    """Greedy (or beam-search) answers for many prompts, batched by similar length (less
+                        num_beams: int = 1, samples: int = 0) -> list[str]:
+    """Greedy (or beam-search, or sampled) answers for many prompts, batched by similar length (less
     padding); order kept.
 
     ``generator`` is a :class:`Generator` or an ONNX ``OnnxGenerator`` (greedy only);
-    ``progress`` is an optional tqdm-like bar advanced per batch.
+    ``progress`` is an optional tqdm-like bar advanced per batch.  ``samples`` > 0: that many
+    sampled answers per prompt, joined by line breaks (an answer is one line).
     """
-    beams = {"num_beams": num_beams} if num_beams > 1 else {}
+    options: dict[str, int] = {"num_beams": num_beams} if num_beams > 1 else {}
+    if samples > 0:
+        options["samples"] = samples
+    per_prompt = max(1, samples)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out = [""] * len(prompts)
     for lo in range(0, len(order), max(1, batch_size)):
         batch = order[lo:lo + max(1, batch_size)]
-        result = generator.generate([prompts[i] for i in batch], max_new_tokens=max_new_tokens, **beams)
-        for i, text in zip(batch, result.texts, strict=True):
-            out[i] = text
+        result = generator.generate([prompts[i] for i in batch], max_new_tokens=max_new_tokens, **options)
+        if len(result.texts) != len(batch) * per_prompt:
+            raise RuntimeError(f"{len(result.texts)} answers for {len(batch)} prompts × {per_prompt}")
+        for j, i in enumerate(batch):
+            out[i] = "\n".join(result.texts[j * per_prompt:(j + 1) * per_prompt])
         if totals is not None:
             totals.add(result)
         if progress is not None:

@@ -75,3 +75,20 @@ def test_a_beam_width_reaches_the_generator_and_greedy_asks_for_none():
     greedy = BeamRecorder()
     generate_answers(greedy, items, events(), max_history=5, max_new_tokens=4, batch_size=2)
     assert beam.beams == [4, 4] and greedy.beams == [1, 1]
+
+
+class SampleRecorder(EchoGenerator):
+    def generate(self, prompts, max_new_tokens=24, samples=0):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(texts=[f"{p[:3]} take {s}" for p in prompts for s in range(samples)])
+
+
+def test_sampled_answers_keep_one_line_per_sample_through_the_file(tmp_path):
+    items = pd.DataFrame({"item_id": ["a", "b", "c"], "title": ["red dress", "blue jeans", "hat"],
+                          "category": [None] * 3, "colour": [None] * 3, "brand": [None] * 3})
+    out = generate_answers(SampleRecorder(), items, events(), max_history=5, max_new_tokens=4, batch_size=2,
+                           samples=3)
+    assert all(len(v.split("\n")) == 3 and v.split("\n")[2].endswith("take 2") for v in out.values())
+    again = Answers.load(Answers("lora-x", "hash", test=out).save(tmp_path / "answers.json"))
+    assert again.test == out

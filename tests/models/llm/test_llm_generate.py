@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.llm.generate import Generator, clean_output, count_new_tokens, left_pad
+from models.llm.generate import Generator, clean_output, count_new_tokens, generate_in_batches, left_pad
 from models.llm.prompts import HistoryEvent, render_prompt
 
 
@@ -45,6 +45,17 @@ def test_beam_search_is_available(generators) -> None:
     gen = generators["llama"]
     result = gen.generate(prompts_for(gen.tokenizer, 2), max_new_tokens=4, num_beams=3)
     assert len(result.texts) == 2 and result.tokens_generated > 0
+
+
+def test_sampling_draws_several_answers_per_prompt_in_prompt_order(generators) -> None:
+    gen = generators["llama"]
+    prompts = prompts_for(gen.tokenizer, 3)
+    torch.manual_seed(0)
+    result = gen.generate(prompts, max_new_tokens=6, samples=4, temperature=5.0)
+    assert len(result.texts) == 12
+    texts = generate_in_batches(gen, prompts, 6, batch_size=2, samples=4)
+    assert [len(t.split("\n")) for t in texts] == [4, 4, 4]
+    assert len({line for t in texts for line in t.split("\n")}) > 3  # draws, not one greedy answer
 
 
 def test_empty_batch() -> None:
