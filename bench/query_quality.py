@@ -88,6 +88,9 @@ def compare(name: str, args: Any, sets: dict[str, Path]) -> dict[str, Any]:
     bundle.require_data(data.data_hash())
     rec = MixupRecommender(bundle, engine=cfg.engine, device="cpu")
     answers = {k: Answers.load(p) for k, p in sets.items()}
+    for k, a in answers.items():
+        if a.data_hash != data.data_hash():
+            raise SystemExit(f"--answers {k}: made on data {a.data_hash}, not {name} ({data.data_hash()})")
     items = data.items["item_id"].astype(str).tolist()
     parts = {"val": validation_events(data, cfg), "test": test_events(data, cfg)}
     costs: dict[str, Any] = {}
