@@ -73,7 +73,10 @@ def run_one(name: str, args: Any, pack: Path | None) -> dict[str, Any]:
           f"s/step on {out['machine']['gpu'] or device.type}; best validation loss at step {best} "
           f"after {costs.get('lora_seconds_to_best')} s; converged={costs['lora_converged']}; "
           f"wrote {path}", flush=True)
-    in_time = lambda: args.deadline <= 0 or time.perf_counter() - t0 < args.deadline  # noqa: E731
+
+    def in_time() -> bool:
+        return args.deadline <= 0 or time.perf_counter() - t0 < args.deadline
+
     if args.answers:
         generator = tuned_generator(tuned, cfg)
         write_answers(data, cfg, generator, tuned["model_version"], run / "answers.json", args.gen_batch)

@@ -99,9 +99,11 @@ def compare(name: str, args: Any, sets: dict[str, Path]) -> dict[str, Any]:
                            (f"sampled{args.samples}", args.sample_answers, "sampled")):
         if n:
             saved = args.results / f"answers_{label}_{name}.json"
-            answers[label] = (Answers.load(saved) if saved.is_file() else
-                              made_here(data, cfg, parts, list(answers.values()), n, kind, args, costs))
-            answers[label].save(saved)
+            if saved.is_file():
+                answers[label] = Answers.load(saved)
+            else:
+                answers[label] = made_here(data, cfg, parts, items, list(answers.values()), n, kind, args, costs)
+                answers[label].save(saved)
     answers["last title"] = last_titles(data, parts, items)
     out: dict[str, Any] = {"benchmark": "query_quality", "dataset": name, "data_hash": data.data_hash(),
                            "bundle": bundle.version, "fusion": rec.fusion.to_json(),
@@ -124,8 +126,8 @@ def last_titles(data: Any, parts: dict[str, NextItemEvents], items: list[str]) -
     return out
 
 
-def made_here(data: Any, cfg: Any, parts: dict[str, NextItemEvents], covering: list[Answers], n: int,
-              kind: str, args: Any, costs: dict[str, Any]) -> Answers:
+def made_here(data: Any, cfg: Any, parts: dict[str, NextItemEvents], items: list[str], covering: list[Answers],
+              n: int, kind: str, args: Any, costs: dict[str, Any]) -> Answers:
     """Answers generated on this machine's CPU by the served generation code, for a seeded
     ``n`` of the test events that every set in ``covering`` answers: the untrained base
     model's (greedy), or the LoRA run's by beam search or sampling (a saved file is reused:
@@ -134,7 +136,6 @@ def made_here(data: Any, cfg: Any, parts: dict[str, NextItemEvents], covering: l
 
     from models.llm.generate import GenerationTotals, Generator
 
-    items = data.items["item_id"].astype(str).tolist()
     test = llm_sample(parts["test"], cfg)
     keys = event_keys(test, items)
     covered = np.array([i for i, k in enumerate(keys) if all(k in a.test for a in covering)])
