@@ -74,9 +74,10 @@ class _CachedDecoder(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 position_ids: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # no ``config``: every layer keeps its whole past, so the graph's cache axes hold for
+        # sliding-window layers too (Gemma 3); the attention mask still applies the window
         cache = DynamicCache(ddp_cache_data=[(past[2 * i], past[2 * i + 1])
-                                             for i in range(self.num_layers)],
-                             config=self.model.config)
+                                             for i in range(self.num_layers)])
         out = self.model(input_ids=input_ids, attention_mask=attention_mask,
                          position_ids=position_ids, past_key_values=cache, use_cache=True,
                          logits_to_keep=1)
@@ -90,6 +91,11 @@ def cache_shape(config: Any) -> tuple[int, int, int]:
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     return config.num_hidden_layers, kv_heads, head_dim
+
+
+def has_sliding_window(config: Any) -> bool:
+    """True when some layer attends through a sliding window (Gemma 3's local layers)."""
+    return "sliding_attention" in (getattr(config, "layer_types", None) or ())
 
 
 def io_names(num_layers: int) -> tuple[list[str], list[str]]:
@@ -225,7 +231,9 @@ class OnnxGenerator:
         self.stop_ids = stop_token_ids(holder, self.tokenizer)
         self.newline_ids = newline_token_ids(self.tokenizer)
         self.input_names, _ = io_names(self.layers)
-        self.prefix_cache = prefix_cache
+        # a sliding window counts cache slots, and the pads between a shared prefix and a
+        # row's own tokens would take some: such models decode whole prompts instead
+        self.prefix_cache = prefix_cache and not has_sliding_window(config)
         self._prefix: list[int] | None = None  # the longest token prefix every prompt so far shared
         self._prefix_past: list[np.ndarray] | None = None
 

@@ -2,7 +2,7 @@
 
 The tokenizer is a 400-token byte-level BPE trained in memory on the prompt template's and a
 toy catalog's words with ``tokenizers``, wrapped in ``PreTrainedTokenizerFast``; the
-models are 2-layer Llama and Qwen2 with hidden size 32.  Building both takes well under a
+models are 2-layer Llama, Qwen2 and Gemma 3 with hidden size 32.  Building both takes well under a
 second, and nothing is downloaded.
 """
 
@@ -15,6 +15,8 @@ import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
@@ -96,6 +98,21 @@ def build_tiny_qwen(folder: Path, seed: int = 0) -> Path:
     return _save(Qwen2ForCausalLM(cfg), tok, folder)
 
 
+def build_tiny_gemma3(folder: Path, seed: int = 0) -> Path:
+    """A 2-layer Gemma 3 (one sliding-window layer, window 8 so the prompts overflow it, one
+    global layer; multi-query attention), the architecture of gemma3-270m."""
+    tok = make_tokenizer()
+    cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
+                           head_dim=16, sliding_window=8,
+                           layer_types=["sliding_attention", "full_attention"],
+                           max_position_embeddings=512, initializer_range=0.2,
+                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                           pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    return _save(Gemma3ForCausalLM(cfg), tok, folder)
+
+
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     """Tiny models gain nothing from threads, and on a shared 2-core box they lose a lot."""
@@ -121,9 +138,14 @@ def tiny_qwen(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_qwen(tmp_path_factory.mktemp("tiny-qwen"))
 
 
-@pytest.fixture(params=["llama", "qwen"])
-def tiny_model(request: pytest.FixtureRequest, tiny_llama: Path, tiny_qwen: Path) -> Path:
-    return {"llama": tiny_llama, "qwen": tiny_qwen}[request.param]
+@pytest.fixture(scope="session")
+def tiny_gemma3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_gemma3(tmp_path_factory.mktemp("tiny-gemma3"))
+
+
+@pytest.fixture(params=["llama", "qwen", "gemma3"])
+def tiny_model(request: pytest.FixtureRequest, tiny_llama: Path, tiny_qwen: Path, tiny_gemma3: Path) -> Path:
+    return {"llama": tiny_llama, "qwen": tiny_qwen, "gemma3": tiny_gemma3}[request.param]
 
 
 def shop_dataset() -> Dataset:

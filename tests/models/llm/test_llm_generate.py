@@ -20,12 +20,13 @@ def prompts_for(tokenizer, n: int = 3) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def generators(tiny_llama: Path, tiny_qwen: Path) -> dict[str, Generator]:
+def generators(tiny_llama: Path, tiny_qwen: Path, tiny_gemma3: Path) -> dict[str, Generator]:
     return {"llama": Generator(tiny_llama, device="cpu"),
-            "qwen": Generator(tiny_qwen, device="cpu")}
+            "qwen": Generator(tiny_qwen, device="cpu"),
+            "gemma3": Generator(tiny_gemma3, device="cpu")}
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen"])
+@pytest.mark.parametrize("arch", ["llama", "qwen", "gemma3"])
 def test_greedy_is_deterministic_and_batch_equals_one_by_one(generators, arch: str) -> None:
     gen = generators[arch]
     prompts = prompts_for(gen.tokenizer)

@@ -28,9 +28,9 @@ def prompts_for(tokenizer) -> list[str]:
     return [render_prompt(events[: i + 1], "title", tokenizer) for i in range(3)]
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen"])
-def exported(request, tiny_llama: Path, tiny_qwen: Path, tmp_path_factory) -> tuple[Path, Path]:
-    source = {"llama": tiny_llama, "qwen": tiny_qwen}[request.param]
+@pytest.fixture(scope="module", params=["llama", "qwen", "gemma3"])
+def exported(request, tiny_llama: Path, tiny_qwen: Path, tiny_gemma3: Path, tmp_path_factory) -> tuple[Path, Path]:
+    source = {"llama": tiny_llama, "qwen": tiny_qwen, "gemma3": tiny_gemma3}[request.param]
     out = tmp_path_factory.mktemp(f"onnx-{request.param}")
     result = export_onnx(source, out)
     assert result.max_abs_diff is not None and result.max_abs_diff < LOGIT_ATOL
@@ -87,6 +87,10 @@ def test_shared_prefix_cache_gives_the_answers_of_full_prompts(exported) -> None
     _, folder = exported
     cached, plain = OnnxGenerator(folder), OnnxGenerator(folder, prefix_cache=False)
     prompts = prompts_for(cached.tokenizer)
+    if folder.name.startswith("onnx-gemma3"):  # its sliding window would count the pads after the prefix
+        assert not cached.prefix_cache
+        assert cached.generate(prompts, max_new_tokens=8).raw_texts == plain.generate(prompts, 8).raw_texts
+        return
     first = cached.generate(prompts[:1], max_new_tokens=8)  # a lone prompt: its own prefix, minus a token
     assert first.raw_texts == plain.generate(prompts[:1], max_new_tokens=8).raw_texts
     for batch in (prompts, prompts[::-1], prompts[1:], [prompts[2]] * 2):
