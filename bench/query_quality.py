@@ -40,9 +40,21 @@ from bench_quality import build_parser, config_for, load_dataset, start  # noqa:
 from models.answers import Answers, event_keys, generate_answers  # noqa: E402
 from models.bundle import Bundle  # noqa: E402
 from models.evaluate import llm_sample, mixup_ranks, subset, test_events  # noqa: E402
-from models.metrics import NextItemEvents, hits_at_k, ndcg_at_k, ndcg_gains, paired_bootstrap, recall_at_k  # noqa: E402
+from models.metrics import (  # noqa: E402
+    NextItemEvents,
+    hits_at_k,
+    mrr,
+    ndcg_at_k,
+    ndcg_gains,
+    paired_bootstrap,
+    recall_at_k,
+)
+from models.mixup import DEFAULT_LAMBDAS, Fusion  # noqa: E402
 from models.recommender import History, MixupRecommender  # noqa: E402
-from models.train import base_model_path, validation_events  # noqa: E402
+from models.train import ANCHORS, CHOICE_K, TIE_BREAK, base_model_path, validation_events  # noqa: E402
+
+LAST = "last title"
+REFIT = "mix-up (anchor and λ chosen on its own validation answers)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,6 +78,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="generate the LoRA run's (--lora-runs) greedy answers here for a seeded N of the "
                              "first set's test events (a run trained elsewhere, e.g. on another --base-model)")
     parser.add_argument("--tuned-label", default="tuned", help="the name of the --tuned-answers set")
+    parser.add_argument("--retries", type=int, default=0, metavar="K",
+                        help="--tuned-answers: a malformed answer is drawn again, K samples, the first "
+                             "well-formed one kept (the paper's output validation)")
+    parser.add_argument("--tuned-val", action="store_true",
+                        help="the --tuned-answers set answers the validation events too, so that its "
+                             "own text query's anchor and λ are chosen on them")
     args = parser.parse_args(argv)
     if not args.answers:
         parser.error("give at least one --answers NAME=PATH")
@@ -109,15 +127,62 @@ def compare(name: str, args: Any, sets: dict[str, Path]) -> dict[str, Any]:
             else:
                 answers[label] = made_here(data, cfg, parts, items, list(answers.values()), n, kind, args, costs)
                 answers[label].save(saved)
-    answers["last title"] = last_titles(data, parts, items)
+            if kind == "tuned" and args.tuned_val and not answers[label].val:
+                answers[label].val = validation_answers(data, cfg, parts["val"], costs, args.retries)
+                answers[label].save(saved)
+    answers[LAST] = last_titles(data, parts, items)
     out: dict[str, Any] = {"benchmark": "query_quality", "dataset": name, "data_hash": data.data_hash(),
                            "bundle": bundle.version, "fusion": rec.fusion.to_json(),
                            "answer_sets": {k: {"model_version": a.model_version, "costs": a.costs}
                                            for k, a in answers.items()},
                            "costs": costs}
+    refits = {k: f for k, a in answers.items() if (f := refit_fusion(rec, parts["val"], items, a.val))}
+    out["refit_fusions"] = {k: f.to_json() for k, f in refits.items()}
+    for k, f in refits.items():
+        print(f"  {k}: its validation answers choose anchor {f.anchor}, λ {f.lam}", flush=True)
     for part, events in parts.items():
-        out[part] = score_part(rec, events, items, answers, part)
+        out[part] = score_part(rec, events, items, answers, part, refits)
         print(_table(part, out[part]), flush=True)
+    return out
+
+
+def refit_fusion(rec: MixupRecommender, events: NextItemEvents, items: list[str],
+                 table: dict[str, str]) -> Fusion | None:
+    """The anchor and λ that an answer set's own validation answers choose (the bundle's ID
+    half, σ and repeat term kept): the served fusion was chosen on the bundle's answers, and
+    another model's text may want another share of the last title. None without answers
+    for every validation event."""
+    keys = event_keys(events, items)
+    if not keys or not all(k in table for k in keys):
+        return None
+    histories = [History.of(h, k) for h, k in zip(events.histories, events.kinds, strict=True)]
+    states = rec.user_states(histories)
+    vecs = query_vectors(rec, [table[k] for k in keys])
+    best: tuple[float, Fusion] | None = None
+    for a in ANCHORS:
+        for lam in DEFAULT_LAMBDAS:
+            fusion = rec.fusion.with_anchor(a).with_lambda(lam)
+            ranks = mixup_ranks(rec, vecs, states, histories, events.targets, fusion)
+            objective = recall_at_k(ranks, CHOICE_K) + TIE_BREAK * mrr(ranks)
+            if best is None or objective > best[0]:
+                best = (objective, fusion)
+    return best[1] if best else None
+
+
+def validation_answers(data: Any, cfg: Any, events: NextItemEvents, costs: dict[str, Any],
+                       retries: int = 0) -> dict[str, str]:
+    """The LoRA run's (``--lora-runs``) greedy answers for the validation events, on this CPU."""
+    from tqdm import tqdm
+
+    from models.llm.generate import GenerationTotals, Generator
+
+    generator = Generator(base_model_path(cfg), adapter=Path(cfg.lora_run) / "adapter", device="cpu")
+    totals, t0 = GenerationTotals(), time.perf_counter()
+    with tqdm(total=len(events.targets), desc="validation answers") as bar:
+        out = generate_answers(generator, data.items, events, cfg.max_history, cfg.max_new_tokens,
+                               cfg.gen_batch_size, totals, bar, retries=retries)
+    costs["tuned_val_answers"] = {"device": "cpu", "answers": totals.n, "seconds": round(time.perf_counter() - t0, 1),
+                                  "malformed_rate": round(totals.malformed_rate, 4)}
     return out
 
 
@@ -145,13 +210,15 @@ def made_here(data: Any, cfg: Any, parts: dict[str, NextItemEvents], items: list
     keys = event_keys(test, items)
     covered = np.array([i for i, k in enumerate(keys) if all(k in a.test for a in covering)])
     rows = np.sort(np.random.default_rng(cfg.seed + 11).choice(covered, min(n, len(covered)), replace=False))
-    options = {"beam": {"num_beams": args.beam_width}, "sampled": {"samples": args.samples}}.get(kind, {})
+    options = {"beam": {"num_beams": args.beam_width}, "sampled": {"samples": args.samples},
+               "tuned": {"retries": args.retries} if args.retries else {}}.get(kind, {})
     if kind == "untrained":
         base = base_model_path(cfg)
         generator, version = Generator(base, device="cpu"), f"untrained-{base.name}"
     elif kind == "tuned":
         generator = Generator(base_model_path(cfg), adapter=Path(cfg.lora_run) / "adapter", device="cpu")
         version = json.loads((Path(cfg.lora_run) / "manifest.json").read_text())["model_version"]
+        version += f"+retry{args.retries}" if args.retries else ""
     else:
         generator = Generator(base_model_path(cfg), adapter=Path(cfg.lora_run) / "adapter", device="cpu")
         version = f"{covering[0].model_version}+{kind}{max(options.values())}"
@@ -163,15 +230,17 @@ def made_here(data: Any, cfg: Any, parts: dict[str, NextItemEvents], items: list
         out.test = generate_answers(generator, data.items, events, cfg.max_history, cfg.max_new_tokens,
                                     cfg.gen_batch_size, totals, bar, **options)
     out.costs = {"device": "cpu", "answers": totals.n, **options,
-                 "seconds": round(time.perf_counter() - t0, 1), "malformed_rate": round(totals.malformed_rate, 4)}
+                 "seconds": round(time.perf_counter() - t0, 1), "malformed_rate": round(totals.malformed_rate, 4),
+                 "retried": totals.retried, "recovered": totals.recovered}
     costs[f"{kind}_answers"] = out.costs
     return out
 
 
 def score_part(rec: MixupRecommender, events: NextItemEvents, items: list[str], answers: dict[str, Answers],
-               part: str) -> dict[str, Any]:
+               part: str, refits: dict[str, Fusion] | None = None) -> dict[str, Any]:
     """Per answer set and query, Recall@10 / NDCG@10 on the events every set covers; paired
-    differences against the first set."""
+    differences against the first set. A set in ``refits`` also scores the mix-up with the
+    fusion its own validation answers chose."""
     keys = event_keys(events, items)
     tables = {k: t for k, a in answers.items() if (t := a.val if part == "val" else a.test)}
     rows = np.array([i for i, key in enumerate(keys) if all(key in t for t in tables.values())], dtype=int)
@@ -189,16 +258,24 @@ def score_part(rec: MixupRecommender, events: NextItemEvents, items: list[str], 
         texts = [table[keys[i]] for i in rows]
         out["distinct_answers"][name] = len(set(texts))
         vecs = query_vectors(rec, texts)
-        ranks[name] = {q: mixup_ranks(rec, vecs, states, histories, ev.targets, f) for q, f in queries.items()}
+        own = {**queries, **({REFIT: refits[name]} if refits and name in refits else {})}
+        ranks[name] = {q: mixup_ranks(rec, vecs, states, histories, ev.targets, f) for q, f in own.items()}
         out["systems"][name] = {q: {"recall@10": recall_at_k(r, 10), "ndcg@10": ndcg_at_k(r, 10)}
                                 for q, r in ranks[name].items()}
     first = next(iter(tables))
     for name in list(tables)[1:]:
-        out["paired"][f"{name} - {first}"] = {
-            q: {m: paired_bootstrap(f(ranks[name][q], 10), f(ranks[first][q], 10)).as_dict()
-                for m, f in (("recall@10", hits_at_k), ("ndcg@10", ndcg_gains))}
-            for q in queries}
+        out["paired"][f"{name} - {first}"] = _paired(ranks[name], ranks[first])
+    if LAST in tables and REFIT in ranks[LAST]:  # the bar: the last title's mix-up, λ chosen on validation
+        out["paired_vs_last_title"] = {f"{name} - {LAST}": _paired({REFIT: r[REFIT]}, ranks[LAST])
+                                       for name, r in ranks.items() if name != LAST and REFIT in r}
     return out
+
+
+def _paired(ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Paired bootstrap differences for every query both sides scored."""
+    return {q: {m: paired_bootstrap(f(ours[q], 10), f(theirs[q], 10)).as_dict()
+                for m, f in (("recall@10", hits_at_k), ("ndcg@10", ndcg_gains))}
+            for q in ours if q in theirs}
 
 
 def query_vectors(rec: MixupRecommender, texts: list[str]) -> np.ndarray:

@@ -80,10 +80,11 @@ def _clean(text: str) -> str:
 
 def generate_answers(generator: Any, items: pd.DataFrame, events: NextItemEvents, max_history: int,
                      max_new_tokens: int, batch_size: int, totals: Any = None,
-                     progress: Any = None, num_beams: int = 1, samples: int = 0) -> dict[str, str]:
+                     progress: Any = None, num_beams: int = 1, samples: int = 0,
+                     retries: int = 0) -> dict[str, str]:
     """The served generation for each event, keyed by :func:`event_keys` (``num_beams`` > 1:
     beam search instead of the served greedy decoding; ``samples`` > 0: that many sampled
-    answers, one per line; for comparing them)."""
+    answers, one per line; ``retries`` > 0: malformed answers drawn again; for comparing them)."""
     from models.llm.generate import generate_in_batches
     from models.llm.prompts import _catalog
     from models.recommender import History, history_prompts
@@ -91,5 +92,5 @@ def generate_answers(generator: Any, items: pd.DataFrame, events: NextItemEvents
     histories = [History.of(h, k) for h, k in zip(events.histories, events.kinds, strict=True)]
     prompts = history_prompts(histories, _catalog(items), generator.tokenizer, max_history)
     texts = generate_in_batches(generator, prompts, max_new_tokens, batch_size, totals, progress,
-                                num_beams, samples)
+                                num_beams, samples, retries)
     return dict(zip(event_keys(events, items["item_id"].astype(str).tolist()), texts, strict=True))

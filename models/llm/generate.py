@@ -242,12 +242,21 @@ class GenerationTotals:
     tokens: int = 0
     seconds: float = 0.0
     malformed: int = 0
+    retried: int = 0  # malformed answers drawn again (``retries``)
+    recovered: int = 0  # of those, the ones a retry made well-formed
 
     def add(self, result: GenerationResult) -> None:
         self.n += len(result.texts)
         self.tokens += result.tokens_generated
         self.seconds += result.seconds
         self.malformed += result.n_malformed
+
+    def add_retry(self, result: GenerationResult, retried: int, recovered: int) -> None:
+        """What the retries cost; the malformed rate stays that of the first answers."""
+        self.tokens += result.tokens_generated
+        self.seconds += result.seconds
+        self.retried += retried
+        self.recovered += recovered
 
     @property
     def tokens_per_s(self) -> float:
@@ -260,13 +269,14 @@ class GenerationTotals:
 
 def generate_in_batches(generator: Any, prompts: Sequence[str], max_new_tokens: int, batch_size: int,
                         totals: GenerationTotals | None = None, progress: Any = None,
-                        num_beams: int = 1, samples: int = 0) -> list[str]:
+                        num_beams: int = 1, samples: int = 0, retries: int = 0) -> list[str]:
     """Greedy (or beam-search, or sampled) answers for many prompts, batched by similar length (less
     padding); order kept.
 
     ``generator`` is a :class:`Generator` or an ONNX ``OnnxGenerator`` (greedy only);
     ``progress`` is an optional tqdm-like bar advanced per batch.  ``samples`` > 0: that many
-    sampled answers per prompt, joined by line breaks (an answer is one line).
+    sampled answers per prompt, joined by line breaks (an answer is one line).  ``retries`` > 0:
+    the paper's output validation, see :func:`retry_malformed` (a :class:`Generator` only).
     """
     options: dict[str, int] = {"num_beams": num_beams} if num_beams > 1 else {}
     if samples > 0:
@@ -274,6 +284,7 @@ def generate_in_batches(generator: Any, prompts: Sequence[str], max_new_tokens: 
     per_prompt = max(1, samples)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out = [""] * len(prompts)
+    malformed = [False] * len(prompts)
     for lo in range(0, len(order), max(1, batch_size)):
         batch = order[lo:lo + max(1, batch_size)]
         result = generator.generate([prompts[i] for i in batch], max_new_tokens=max_new_tokens, **options)
@@ -281,8 +292,39 @@ def generate_in_batches(generator: Any, prompts: Sequence[str], max_new_tokens: 
             raise RuntimeError(f"{len(result.texts)} answers for {len(batch)} prompts × {per_prompt}")
         for j, i in enumerate(batch):
             out[i] = "\n".join(result.texts[j * per_prompt:(j + 1) * per_prompt])
+            malformed[i] = per_prompt == 1 and result.malformed[j]
         if totals is not None:
             totals.add(result)
         if progress is not None:
             progress.update(len(batch))
+    if retries > 0:
+        retry_malformed(generator, prompts, out, malformed, retries, max_new_tokens, batch_size, totals)
     return out
+
+
+def retry_malformed(generator: Any, prompts: Sequence[str], out: list[str], malformed: Sequence[bool],
+                    retries: int, max_new_tokens: int, batch_size: int,
+                    totals: GenerationTotals | None = None) -> int:
+    """The paper's output validation: a malformed answer is rejected and drawn again.
+
+    Greedy decoding would only repeat itself, so ``retries`` answers are sampled for each
+    malformed one in one call and the first well-formed draw replaces it in ``out``; when
+    every draw is malformed too, the cleaned first answer stays.  Returns how many were
+    recovered.
+    """
+    todo = [i for i, bad in enumerate(malformed) if bad]
+    recovered = 0
+    for lo in range(0, len(todo), max(1, batch_size)):
+        batch = todo[lo:lo + max(1, batch_size)]
+        result = generator.generate([prompts[i] for i in batch], max_new_tokens=max_new_tokens,
+                                    samples=retries)
+        fixed = 0
+        for j, i in enumerate(batch):
+            draws = range(j * retries, (j + 1) * retries)
+            good = next((k for k in draws if not result.malformed[k]), None)
+            if good is not None:
+                out[i], fixed = result.texts[good], fixed + 1
+        recovered += fixed
+        if totals is not None:
+            totals.add_retry(result, len(batch), fixed)
+    return recovered

@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.llm.generate import Generator, clean_output, count_new_tokens, generate_in_batches, left_pad
+from models.llm.generate import (
+    GenerationResult,
+    GenerationTotals,
+    Generator,
+    clean_output,
+    count_new_tokens,
+    generate_in_batches,
+    left_pad,
+)
 from models.llm.prompts import HistoryEvent, render_prompt
 
 
@@ -57,6 +65,48 @@ def test_sampling_draws_several_answers_per_prompt_in_prompt_order(generators) -
     texts = generate_in_batches(gen, prompts, 6, batch_size=2, samples=4)
     assert [len(t.split("\n")) for t in texts] == [4, 4, 4]
     assert len({line for t in texts for line in t.split("\n")}) > 3  # draws, not one greedy answer
+
+
+class ScriptedGenerator:
+    """Answers from a script: greedy gives each prompt's first answer, a sampled call the
+    rest in turn (pure logic of the retry, apart from any model)."""
+
+    def __init__(self, script: dict[str, list[str]]) -> None:
+        self.script, self.calls = script, []
+
+    def generate(self, prompts, max_new_tokens=24, samples=0, **_):
+        self.calls.append((list(prompts), samples))
+        texts = [a for p in prompts for a in (self.script[p][1:1 + samples] if samples else self.script[p][:1])]
+        bad = [t.startswith("BAD") for t in texts]
+        return GenerationResult(texts, texts, bad, 0.1, len(texts), len(prompts))
+
+
+def test_malformed_answers_are_drawn_again_and_the_first_good_draw_kept() -> None:
+    gen = ScriptedGenerator({"p1": ["fine", "x", "y"], "p2": ["BAD a", "BAD b", "good b"],
+                             "p3": ["BAD c", "BAD d", "BAD e"]})
+    totals = GenerationTotals()
+    texts = generate_in_batches(gen, ["p1", "p2", "p3"], 8, batch_size=4, totals=totals, retries=2)
+    assert texts == ["fine", "good b", "BAD c"]  # p3: every draw malformed, the first answer stays
+    assert gen.calls[-1] == (["p2", "p3"], 2)  # only the malformed ones, sampled
+    assert (totals.n, totals.malformed, totals.retried, totals.recovered) == (3, 2, 2, 1)
+
+
+def test_no_retries_is_the_served_greedy_path() -> None:
+    gen = ScriptedGenerator({"p1": ["BAD a", "good"]})
+    assert generate_in_batches(gen, ["p1"], 8, batch_size=4) == ["BAD a"]
+    assert [samples for _, samples in gen.calls] == [0]
+
+
+def test_retries_with_a_real_model_keep_one_answer_per_prompt(generators) -> None:
+    gen = generators["llama"]
+    prompts = prompts_for(gen.tokenizer, 3)
+    greedy = generate_in_batches(gen, prompts, 3, batch_size=3)  # 3 tokens: cut off, so malformed
+    totals = GenerationTotals()
+    torch.manual_seed(0)
+    texts = generate_in_batches(gen, prompts, 3, batch_size=3, totals=totals, retries=2)
+    assert len(texts) == 3 and all("\n" not in t for t in texts)
+    assert totals.retried == totals.malformed > 0
+    assert sum(a != b for a, b in zip(texts, greedy, strict=True)) == totals.recovered
 
 
 def test_empty_batch() -> None:
