@@ -292,7 +292,8 @@ def generate_in_batches(generator: Any, prompts: Sequence[str], max_new_tokens: 
             raise RuntimeError(f"{len(result.texts)} answers for {len(batch)} prompts × {per_prompt}")
         for j, i in enumerate(batch):
             out[i] = "\n".join(result.texts[j * per_prompt:(j + 1) * per_prompt])
-            malformed[i] = per_prompt == 1 and result.malformed[j]
+            if retries > 0 and per_prompt == 1:
+                malformed[i] = result.malformed[j]
         if totals is not None:
             totals.add(result)
         if progress is not None:
