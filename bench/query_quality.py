@@ -136,7 +136,10 @@ def compare(name: str, args: Any, sets: dict[str, Path]) -> dict[str, Any]:
                            "answer_sets": {k: {"model_version": a.model_version, "costs": a.costs}
                                            for k, a in answers.items()},
                            "costs": costs}
-    refits = {k: f for k, a in answers.items() if (f := refit_fusion(rec, parts["val"], items, a.val))}
+    val_histories = [History.of(h, k) for h, k in zip(parts["val"].histories, parts["val"].kinds, strict=True)]
+    val_states = rec.user_states(val_histories)
+    refits = {k: f for k, a in answers.items()
+              if (f := refit_fusion(rec, parts["val"], items, a.val, val_histories, val_states))}
     out["refit_fusions"] = {k: f.to_json() for k, f in refits.items()}
     for k, f in refits.items():
         print(f"  {k}: its validation answers choose anchor {f.anchor}, λ {f.lam}", flush=True)
@@ -146,8 +149,8 @@ def compare(name: str, args: Any, sets: dict[str, Path]) -> dict[str, Any]:
     return out
 
 
-def refit_fusion(rec: MixupRecommender, events: NextItemEvents, items: list[str],
-                 table: dict[str, str]) -> Fusion | None:
+def refit_fusion(rec: MixupRecommender, events: NextItemEvents, items: list[str], table: dict[str, str],
+                 histories: list[History], states: np.ndarray) -> Fusion | None:
     """The anchor and λ that an answer set's own validation answers choose (the bundle's ID
     half, σ and repeat term kept): the served fusion was chosen on the bundle's answers, and
     another model's text may want another share of the last title. None without answers
@@ -155,8 +158,6 @@ def refit_fusion(rec: MixupRecommender, events: NextItemEvents, items: list[str]
     keys = event_keys(events, items)
     if not keys or not all(k in table for k in keys):
         return None
-    histories = [History.of(h, k) for h, k in zip(events.histories, events.kinds, strict=True)]
-    states = rec.user_states(histories)
     vecs = query_vectors(rec, [table[k] for k in keys])
     best: tuple[float, Fusion] | None = None
     for a in ANCHORS:
@@ -169,14 +170,21 @@ def refit_fusion(rec: MixupRecommender, events: NextItemEvents, items: list[str]
     return best[1] if best else None
 
 
+def lora_generator(cfg: Any) -> Any:
+    """The LoRA run's (``--lora-runs``) adapter on its base model, on this CPU."""
+    from models.llm.generate import Generator
+
+    return Generator(base_model_path(cfg), adapter=Path(cfg.lora_run) / "adapter", device="cpu")
+
+
 def validation_answers(data: Any, cfg: Any, events: NextItemEvents, costs: dict[str, Any],
                        retries: int = 0) -> dict[str, str]:
     """The LoRA run's (``--lora-runs``) greedy answers for the validation events, on this CPU."""
     from tqdm import tqdm
 
-    from models.llm.generate import GenerationTotals, Generator
+    from models.llm.generate import GenerationTotals
 
-    generator = Generator(base_model_path(cfg), adapter=Path(cfg.lora_run) / "adapter", device="cpu")
+    generator = lora_generator(cfg)
     totals, t0 = GenerationTotals(), time.perf_counter()
     with tqdm(total=len(events.targets), desc="validation answers") as bar:
         out = generate_answers(generator, data.items, events, cfg.max_history, cfg.max_new_tokens,
@@ -216,11 +224,11 @@ def made_here(data: Any, cfg: Any, parts: dict[str, NextItemEvents], items: list
         base = base_model_path(cfg)
         generator, version = Generator(base, device="cpu"), f"untrained-{base.name}"
     elif kind == "tuned":
-        generator = Generator(base_model_path(cfg), adapter=Path(cfg.lora_run) / "adapter", device="cpu")
+        generator = lora_generator(cfg)
         version = json.loads((Path(cfg.lora_run) / "manifest.json").read_text())["model_version"]
         version += f"+retry{args.retries}" if args.retries else ""
     else:
-        generator = Generator(base_model_path(cfg), adapter=Path(cfg.lora_run) / "adapter", device="cpu")
+        generator = lora_generator(cfg)
         version = f"{covering[0].model_version}+{kind}{max(options.values())}"
     torch.manual_seed(cfg.seed)
     out = Answers(version, data.data_hash())
