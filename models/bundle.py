@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from models.gate import Gate
 from models.mixup import Fusion, IdImputer
 
 MANIFEST = "bundle.json"
@@ -116,7 +117,21 @@ class Bundle:
         return str(self.manifest["chosen_encoder"])
 
     def fusion(self, encoder: str | None = None) -> Fusion:
+        """The LLM path's fusion, chosen on the validation answers."""
         return Fusion.from_json(self.manifest["encoders"][encoder or self.chosen_encoder]["fusion"])
+
+    def fast_fusion(self, encoder: str | None = None) -> Fusion:
+        """The fast path's fusion (the last-title mix-up), chosen on validation; a bundle made
+        before it had one gets its LLM fusion with the last title as the whole text query."""
+        choice = self.manifest["encoders"][encoder or self.chosen_encoder]
+        if "fast_fusion" in choice:
+            return Fusion.from_json(choice["fast_fusion"])
+        return self.fusion(encoder).with_anchor(1.0)
+
+    def gate(self) -> Gate:
+        """The gate before the LLM path; a bundle made before it had one sends every event."""
+        data = self.manifest.get("gate")
+        return Gate.from_json(data) if data else Gate.always("open")
 
     @property
     def max_history(self) -> int:

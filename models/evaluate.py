@@ -26,11 +26,13 @@ Protocol
   hits and NDCG@10 gains (:func:`models.metrics.paired_bootstrap`).
 
 Systems: ``popularity``, ``co-occurrence``, ``sasrec`` (raw ``u·e_i``), ``id-only`` (the
-served encoder's fusion at λ = 0: what the stream answers when the LLM cannot), ``content:
-last item's title`` and ``mix-up with the last item's title`` (:func:`last_title_systems`),
-and per title encoder ``title-only (<enc>)`` (the text half), ``mix-up (<enc>)`` (its
-fusion) and, when its repeat term is on, ``mix-up without repeat term (<enc>)``; when its
-text query leans on the last item's title, ``mix-up, generated text alone (<enc>)``.
+served encoder's fusion at λ = 0: the stream's fast path before the last-title mix-up),
+``content: last item's title``, ``fast path: last-title mix-up`` (the bundle's fast fusion:
+what the stream answers without the LLM), per title encoder ``title-only (<enc>)`` (the text
+half), ``mix-up (<enc>)`` (the LLM path) and, when its repeat term is on, ``mix-up without
+repeat term (<enc>)``; when its text query leans on the last item's title, ``mix-up,
+generated text alone (<enc>)``; and ``served: gate + LLM path + fast path``, what users get
+(:func:`served_system`).
 """
 
 from __future__ import annotations
@@ -65,9 +67,9 @@ from models.metrics import (
     target_ranks,
 )
 from models.mixup import Fusion, QueryMemory, blended_score
-from models.recommender import History, MixupRecommender
+from models.recommender import History, MixupRecommender, event_histories
 from models.sasrec import SASRec
-from models.train import CHOICE_K, ENCODERS, FULL_HISTORY, TrainConfig, train_bundle, validation_events
+from models.train import CHOICE_K, ENCODERS, FULL_HISTORY, TrainConfig, train_bundle
 
 __all__ = ["ENCODERS", "EvalConfig", "EvalResult", "evaluate", "run_evaluation", "write_report"]
 
@@ -115,7 +117,8 @@ class EvalResult:
     samples: list[dict[str, str]]
     bundle: dict[str, Any] = field(default_factory=dict)  # folder, version, served encoder
     paired: list[dict[str, Any]] = field(default_factory=list)  # mix-up vs rivals, paired bootstrap
-    last_title: dict[str, Any] = field(default_factory=dict)  # the last-title systems' λ choice
+    last_title: dict[str, Any] = field(default_factory=dict)  # the fast path's fusion and validation figures
+    served: dict[str, Any] = field(default_factory=dict)  # the served system: the gate and the LLM's share
     mixup_reading: str = MIXUP_READING
     exclusion: str = EXCLUSION
     out_dir: Path | None = None
@@ -147,7 +150,7 @@ def evaluate(dataset: Dataset, config: EvalConfig | None = None, out_dir: Path |
     llm_ev = subset(events, rows)
     log.info("events: %d test purchases; %d of them for the LLM systems (same events for every system "
              "in the paired table)", len(events), len(rows))
-    histories = [History.of(h, k) for h, k in zip(events.histories, events.kinds, strict=True)]
+    histories = event_histories(events)
     llm_histories = [histories[i] for i in rows]
     served = MixupRecommender(bundle, engine=cfg.engine, device="cpu" if cfg.engine == "onnx" else "auto")
     costs = {k: v for k, v in bundle.manifest.get("costs", {}).items()}
@@ -157,8 +160,10 @@ def evaluate(dataset: Dataset, config: EvalConfig | None = None, out_dir: Path |
     ranks = baseline_ranks(dataset, sasrec, events, states)
     ranks["id-only"] = mixup_ranks(served, None, states, histories, events.targets,
                                    served.fusion.with_lambda(0.0).with_repeat(()))
-    last_title = last_title_systems(served, dataset, cfg, histories, states, events.targets)
-    ranks.update(last_title.pop("ranks"))
+    ranks[CONTENT] = content_ranks(served, histories, states, events.targets)
+    ranks[LAST_TITLE_MIXUP] = fast_path_ranks(served, histories, states, events.targets)
+    last_title = {"fast_fusion": served.fast_fusion.to_json(),
+                  "validation": bundle.manifest["encoders"][served.encoder_name].get("fast", {})}
     llm_ranks: dict[str, np.ndarray] = {}
     choices, sweep = {}, {}
     for name in bundle.encoders:
@@ -172,20 +177,23 @@ def evaluate(dataset: Dataset, config: EvalConfig | None = None, out_dir: Path |
             llm_ranks[f"mix-up, generated text alone ({name})"] = part.pop("unanchored_ranks")
         sweep[name] = part.pop("sweep")
         choices[name] = {**bundle.manifest["encoders"][name], "lambda": rec.fusion.lam, **part}
+    served_part = served_system(served, llm_histories, llm_ranks[f"mix-up ({served.encoder_name})"],
+                                ranks[LAST_TITLE_MIXUP][rows])
+    llm_ranks[SERVED] = served_part.pop("ranks")
     costs["total_seconds"] = round(time.perf_counter() - started, 1)
 
     systems = {name: ranking_metrics(r, cfg) for name, r in {**ranks, **llm_ranks}.items()}
     same = {**{name: r[rows] for name, r in ranks.items()}, **llm_ranks}
     masks = event_slices(dataset, llm_ev)
     slices = {s: {name: ranking_metrics(r[m], cfg) for name, r in same.items()} for s, m in masks.items()}
-    paired = paired_comparisons(same, bundle.encoders, cfg)
+    paired = paired_comparisons(same, bundle.encoders, cfg) + served_comparisons(same, served.encoder_name, cfg)
     return EvalResult(
         dataset=dataset_summary(dataset, bundle, events, llm_ev, masks, sasrec),
         config=cfg.to_json(), systems=systems, slices=slices, sweep=sweep, choices=choices,
         claim=claim_check(slices["all"], paired, bundle.encoders), costs=costs,
         versions=versions(dataset, bundle), samples=samples(dataset, llm_ev, texts),
         bundle={"folder": str(bundle.folder), "version": bundle.version, "served_encoder": bundle.chosen_encoder},
-        paired=paired, last_title=last_title,
+        paired=paired, last_title=last_title, served=served_part,
         out_dir=out_dir, generations=generation_log(dataset, bundle, llm_ev, texts))
 
 
@@ -219,9 +227,7 @@ def llm_sample_rows(n_events: int, cfg: EvalConfig) -> np.ndarray:
 
 
 def subset(events: NextItemEvents, rows: np.ndarray) -> NextItemEvents:
-    return NextItemEvents([events.user_ids[i] for i in rows], [events.histories[i] for i in rows],
-                          [events.kinds[i] for i in rows], events.targets[rows],
-                          [events.target_kinds[i] for i in rows])
+    return events.subset(rows)
 
 
 def llm_sample(events: NextItemEvents, cfg: EvalConfig) -> NextItemEvents:
@@ -304,36 +310,16 @@ def baseline_ranks(dataset: Dataset, sasrec: SASRec, events: NextItemEvents,
 
 
 CONTENT = "content: last item's title"
-LAST_TITLE_MIXUP = "mix-up with the last item's title"
+LAST_TITLE_MIXUP = "fast path: last-title mix-up"
+SERVED = "served: gate + LLM path + fast path"
 
 
-def last_title_systems(rec: MixupRecommender, dataset: Dataset, cfg: EvalConfig, histories: list[History],
-                       states: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
-    """Two systems that need no LLM, with the served encoder's stored title vectors and
-    the shopper's history left out:
-
-    - ``content``: rank by title similarity to the shopper's last item (λ = 1);
-    - ``mix-up with the last item's title``: the served mix-up with the last item's title
-      as the text query instead of generated text, λ chosen on the validation events. This is
-      the ablation that isolates what the LLM adds.
-    """
-    val = validation_events(dataset, cfg)
-    val_h = [History.of(h, k) for h, k in zip(val.histories, val.kinds, strict=True)]
-    val_states = rec.user_states(val_h)
-    base = Fusion(0.0, rec.fusion.id_half, rec.fusion.sigma, None)
-    curve = {float(lam): recall_at_k(last_title_ranks(rec, val_h, val_states, val.targets,
-                                                      base.with_lambda(lam)), CHOICE_K)
-             for lam in cfg.lambdas if lam < 1.0}
-    lam = max(curve, key=lambda x: (curve[x], -x))
-    return {"lambda": lam, "val_curve": curve, "val_recall@10_content":
-            recall_at_k(last_title_ranks(rec, val_h, val_states, val.targets, base.with_lambda(1.0)), CHOICE_K),
-            "ranks": {CONTENT: last_title_ranks(rec, histories, states, targets, base.with_lambda(1.0)),
-                      LAST_TITLE_MIXUP: last_title_ranks(rec, histories, states, targets, base.with_lambda(lam))}}
-
-
-def last_title_ranks(rec: MixupRecommender, histories: list[History], states: np.ndarray, targets: np.ndarray,
-                     fusion: Fusion) -> np.ndarray:
+def content_ranks(rec: MixupRecommender, histories: list[History], states: np.ndarray,
+                  targets: np.ndarray) -> np.ndarray:
+    """Title similarity to the shopper's last item alone (λ = 1), the shopper's own items left
+    out: the content baseline, with the served encoder's stored title vectors."""
     titles = rec.index.vectors[:, :rec.text_dim]
+    fusion = Fusion(1.0, rec.fusion.id_half, rec.fusion.sigma, None)
     out = np.empty(len(histories))
     for lo in range(0, len(histories), SCORE_CHUNK):
         part = histories[lo:lo + SCORE_CHUNK]
@@ -346,6 +332,31 @@ def last_title_ranks(rec: MixupRecommender, histories: list[History], states: np
         exclude = [list(dict.fromkeys(h.item_ids)) for h in part]
         out[lo:lo + SCORE_CHUNK] = target_ranks(rec.scores(q, exclude), targets[lo:lo + SCORE_CHUNK])
     return out
+
+
+def fast_path_ranks(rec: MixupRecommender, histories: list[History], states: np.ndarray,
+                    targets: np.ndarray) -> np.ndarray:
+    """The fast path's whole-catalog target ranks (the bundle's last-title mix-up, as served)."""
+    return np.concatenate([target_ranks(rec.fast_answer_scores(histories[lo:lo + SCORE_CHUNK],
+                                                               states[lo:lo + SCORE_CHUNK]),
+                                        targets[lo:lo + SCORE_CHUNK])
+                           for lo in range(0, len(histories), SCORE_CHUNK)] or [np.zeros(0)])
+
+
+def served_system(rec: MixupRecommender, histories: list[History], llm: np.ndarray, fast: np.ndarray
+                  ) -> dict[str, Any]:
+    """The served system on the LLM events: the gate reads each event's fast-path answer
+    (:meth:`~models.recommender.MixupRecommender.decide`, as the stream worker does); the
+    ranks are the LLM path's where it sends the event, the fast path's elsewhere."""
+    decisions = []
+    for lo in range(0, len(histories), SCORE_CHUNK):
+        part = histories[lo:lo + SCORE_CHUNK]
+        decisions += rec.decide(part, rec.recommend_fast(part, CHOICE_K))
+    send = np.array([d.send for d in decisions], dtype=bool)
+    share = float(send.mean()) if len(send) else 0.0
+    return {"ranks": np.where(send, llm, fast), "llm_share": share, "llm_calls_per_1000": round(1000 * share, 1),
+            "n_events": int(len(send)), "gate_closed": rec.gate.closed, "gate_mode": rec.gate.mode,
+            "gate": rec.gate.to_json()}
 
 
 # -- mix-up through the served code ---------------------------------------------------------------------
@@ -363,6 +374,17 @@ def mixup_ranks(rec: MixupRecommender, text_vecs: np.ndarray | None, states: np.
     return out
 
 
+def llm_path_ranks(rec: MixupRecommender, text_vecs: np.ndarray, states: np.ndarray, histories: list[History],
+                   targets: np.ndarray) -> np.ndarray:
+    """The LLM path's whole-catalog target ranks, as it answers (an empty text: the fast path)."""
+    out = np.empty(len(histories))
+    for lo in range(0, len(histories), SCORE_CHUNK):
+        hi = lo + SCORE_CHUNK
+        out[lo:hi] = target_ranks(rec.llm_answer_scores(histories[lo:hi], text_vecs[lo:hi], states[lo:hi]),
+                                  targets[lo:hi])
+    return out
+
+
 def score_encoder(rec: MixupRecommender, texts: list[str], states: np.ndarray, histories: list[History],
                   events: NextItemEvents, dataset: Dataset, cfg: EvalConfig) -> dict[str, Any]:
     """Mix-up, title-only (the pure text half: no repeat term) and the λ sweep on the LLM
@@ -370,7 +392,7 @@ def score_encoder(rec: MixupRecommender, texts: list[str], states: np.ndarray, h
     the query-memory ablation and the one-vector-search check."""
     text_vecs = rec.text_vectors(texts)
     targets = events.targets
-    mixup = mixup_ranks(rec, text_vecs, states, histories, targets, rec.fusion)
+    mixup = llm_path_ranks(rec, text_vecs, states, histories, targets)
     title_only = mixup_ranks(rec, text_vecs, states, histories, targets, rec.fusion.with_lambda(1.0).with_repeat(()))
     sweep = [{"lambda": float(lam), **_sweep_point(mixup_ranks(rec, text_vecs, states, histories, targets,
                                                                  rec.fusion.with_lambda(lam)))}
@@ -487,7 +509,7 @@ def event_slices(dataset: Dataset, events: NextItemEvents) -> dict[str, np.ndarr
 
 # systems compared with each mix-up: (label, rival system; {enc} is the encoder)
 RIVALS = (("sasrec", "sasrec"), ("its text half", "title-only ({enc})"), ("its ID half", "id-only"),
-          ("content", CONTENT), ("last-title mix-up", LAST_TITLE_MIXUP),
+          ("content", CONTENT), ("fast path", LAST_TITLE_MIXUP),
           ("without repeat term", "mix-up without repeat term ({enc})"),
           ("generated text alone", "mix-up, generated text alone ({enc})"))
 
@@ -506,6 +528,20 @@ def paired_comparisons(ranks: dict[str, np.ndarray], encoders: list[str], cfg: E
             for metric, per_event in (("recall@10", hits_at_k), ("ndcg@10", ndcg_gains)):
                 row[metric] = paired_bootstrap(per_event(mix, 10), per_event(other, 10), seed=cfg.seed).as_dict()
             out.append(row)
+    return out
+
+
+def served_comparisons(ranks: dict[str, np.ndarray], encoder: str, cfg: EvalConfig) -> list[dict[str, Any]]:
+    """The served system against the fast path, the content baseline and the LLM path alone."""
+    out = []
+    for label, rival in (("fast path", LAST_TITLE_MIXUP), ("content", CONTENT), ("LLM path", f"mix-up ({encoder})")):
+        if SERVED not in ranks or rival not in ranks:
+            continue
+        row = {"system": SERVED, "rival": rival, "label": label}
+        for metric, per_event in (("recall@10", hits_at_k), ("ndcg@10", ndcg_gains)):
+            row[metric] = paired_bootstrap(per_event(ranks[SERVED], 10), per_event(ranks[rival], 10),
+                                           seed=cfg.seed).as_dict()
+        out.append(row)
     return out
 
 
@@ -700,23 +736,28 @@ def report_markdown(result: EvalResult) -> str:
          f"{d['n_llm_test_events_repeat']} / {d['n_llm_test_events_explore']} / {d['n_llm_test_events_cold-start']}"],
         ["test targets without a SASRec embedding", d["test_targets_unknown_to_sasrec"]],
     ])
+    lines += _served_section(result, metric_cols)
     lines += ["## Every system on the LLM test events (paired)", ""]
     lines += _table(["system", *metric_cols, "Recall@10 95% CI", "n"],
                     _metric_rows(result.slices["all"], metric_cols))
     lines += ["## Paired differences (mix-up − rival, same events)", ""]
     lines += _table(["mix-up", "rival", "ΔRecall@10 [95% CI]", "p", "ΔNDCG@10 [95% CI]", "p"],
                     [[p["system"], p["rival"], _diff(p["recall@10"]), _p(p["recall@10"]["p_value"]),
-                      _diff(p["ndcg@10"]), _p(p["ndcg@10"]["p_value"])] for p in result.paired])
+                      _diff(p["ndcg@10"]), _p(p["ndcg@10"]["p_value"])] for p in result.paired
+                     if p["system"] != SERVED])
     lines += ["## Systems on every test event they can score", "",
               "The systems that need no LLM score every test purchase; the LLM systems score the "
               "sample above.", ""]
     lines += _table(["system", *metric_cols, "Recall@10 95% CI", "n"],
                     _metric_rows(result.systems, metric_cols))
     lt = result.last_title
-    if lt:
-        curve = ", ".join(f"{float(k):g} {v:.4f}" for k, v in lt["val_curve"].items())
-        lines += [f"The last-title mix-up's λ = {lt['lambda']:.1f} was chosen on validation "
-                  f"(validation Recall@10 by λ: {curve}; content {lt['val_recall@10_content']:.4f}).", ""]
+    if lt.get("fast_fusion"):
+        f = lt["fast_fusion"]
+        lines += [f"The fast path's fusion was chosen on validation: λ = {f['lam']:g}, ID half {_id_half(f)}, "
+                  f"{_rebuy(f['rebuy_threshold'])}, repeat term "
+                  f"{'[' + ', '.join(f'{w:.3g}' for w in f['repeat']) + ']' if f['repeat'] else 'off'}"
+                  f"{'; ' + str(f['repeat_slots']) + ' places for own items' if f.get('repeat_slots') else ''} "
+                  f"(validation Recall@10 {_fmt(lt.get('validation', {}).get('val_recall@10'))}).", ""]
     lines += ["![systems](systems.png)", "", "## Slices (LLM test events)", "",
               "*repeat*: the target is in the shopper's own history; *explore*: the rest; "
               "*cold-start*: explore events whose target had no training interaction.", ""]
@@ -774,6 +815,34 @@ def report_markdown(result: EvalResult) -> str:
     lines += ["## Hyper-parameters", "", "```json", json.dumps(c, indent=1), "```", "",
               "## Versions", "", "```json", json.dumps(result.versions, indent=1), "```", ""]
     return "\n".join(lines)
+
+
+def _served_section(result: EvalResult, metric_cols: list[str]) -> list[str]:
+    """What users get: the served system (gate + LLM path + fast path) against the fast path,
+    the LLM path alone and the content baseline, on the same events."""
+    sv = result.served
+    if not sv:
+        return []
+    enc = result.bundle.get("served_encoder")
+    names = [SERVED, LAST_TITLE_MIXUP, f"mix-up ({enc})", CONTENT]
+    rows = {n: result.slices["all"][n] for n in names if n in result.slices["all"]}
+    gate = sv.get("gate", {}).get("validation", {})
+    state = ("closed: every event is answered by the fast path" if sv["gate_closed"] else
+             f"{sv['gate_mode']}: it sent {100 * sv['llm_share']:.1f}% of the test events to the LLM path")
+    lines = ["## The served system", "",
+             f"The gate before the LLM path is **{state}** ({sv['llm_calls_per_1000']:g} LLM calls per 1,000 "
+             "events). Fitted on the validation events: the LLM path's answer was the better one on "
+             f"{gate.get('llm_better', '–')} of {gate.get('n_events', '–')}, the fast path's on "
+             f"{gate.get('fast_better', '–')}; validation Recall@10 fast path {_fmt(gate.get('recall@10_fast'))}, "
+             f"LLM path {_fmt(gate.get('recall@10_llm'))}, served {_fmt(gate.get('recall@10_served'))} "
+             "(cross-fitted).", ""]
+    lines += _table(["system", *metric_cols, "Recall@10 95% CI", "n"], _metric_rows(rows, metric_cols))
+    served = [p for p in result.paired if p["system"] == SERVED]
+    if served:
+        lines += _table(["served − rival", "ΔRecall@10 [95% CI]", "p", "ΔNDCG@10 [95% CI]", "p"],
+                        [[p["rival"], _diff(p["recall@10"]), _p(p["recall@10"]["p_value"]), _diff(p["ndcg@10"]),
+                          _p(p["ndcg@10"]["p_value"])] for p in served])
+    return lines
 
 
 def _lora_section(costs: dict[str, Any]) -> list[str]:
@@ -869,7 +938,9 @@ def _bars(ax: Any, systems: dict[str, dict[str, Any]], offset: float = 0.0, widt
     ci = np.array([systems[n]["recall@10_ci"] for n in names]).reshape(-1, 2)
     err = np.clip(np.vstack([vals - ci[:, 0], ci[:, 1] - vals]), 0, None)
     ax.bar(np.arange(len(names)) + offset, vals, width, yerr=err, capsize=3, label=label)
-    ax.set_xticks(np.arange(len(names)), names, rotation=30, ha="right")
+    # every bar says how many events it rests on: in its tick (one series) or its legend entry
+    ticks = names if label else [f"{n} (n={systems[n]['n_events']:,})" for n in names]
+    ax.set_xticks(np.arange(len(names)), ticks, rotation=30, ha="right")
 
 
 def plot_systems(result: EvalResult, path: Path) -> None:

@@ -13,7 +13,7 @@ SASRec, the baselines and the LLM path are compared on exactly the same events.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -175,9 +175,18 @@ class NextItemEvents:
     kinds: list[list[str]]
     targets: np.ndarray
     target_kinds: list[str]
+    times: list[list[float]] = field(default_factory=list)  # seconds since the epoch, per history event
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    def subset(self, rows: Sequence[int] | np.ndarray) -> NextItemEvents:
+        """The events at ``rows``, in that order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return NextItemEvents([self.user_ids[i] for i in rows], [self.histories[i] for i in rows],
+                              [self.kinds[i] for i in rows], self.targets[rows],
+                              [self.target_kinds[i] for i in rows],
+                              [self.times[i] for i in rows] if self.times else [])
 
 
 def next_item_events(item_ids: Sequence[str], before: pd.DataFrame, part: pd.DataFrame,
@@ -200,6 +209,7 @@ def next_item_events(item_ids: Sequence[str], before: pd.DataFrame, part: pd.Dat
     for user, rows in both.groupby("user_id", sort=False):
         items = rows["item_id"].tolist()
         kinds = rows["kind"].tolist()
+        seconds = epoch_seconds(rows["ts"])
         flags = rows["_eval"].to_numpy()
         for j in np.flatnonzero(flags):
             if j == 0 or kinds[j] not in wanted or items[j] not in index:
@@ -208,15 +218,21 @@ def next_item_events(item_ids: Sequence[str], before: pd.DataFrame, part: pd.Dat
             out.user_ids.append(str(user))
             out.histories.append(items[lo:j])
             out.kinds.append(kinds[lo:j])
+            out.times.append(seconds[lo:j])
             out.target_kinds.append(kinds[j])
             targets.append(index[items[j]])
     out.targets = np.asarray(targets, dtype=np.int64)
     if max_events is not None and len(targets) > max_events:
-        keep = np.sort(np.random.default_rng(seed).choice(len(targets), max_events, replace=False))
-        out = NextItemEvents([out.user_ids[i] for i in keep], [out.histories[i] for i in keep],
-                             [out.kinds[i] for i in keep], out.targets[keep],
-                             [out.target_kinds[i] for i in keep])
+        out = out.subset(np.sort(np.random.default_rng(seed).choice(len(targets), max_events, replace=False)))
     return out
+
+
+def epoch_seconds(ts: pd.Series) -> list[float]:
+    """Timestamps (datetimes or numbers of seconds) as seconds since the epoch."""
+    if pd.api.types.is_numeric_dtype(ts):
+        return ts.astype(float).tolist()
+    stamps = pd.to_datetime(ts, utc=True)
+    return ((stamps - pd.Timestamp(0, tz="UTC")).dt.total_seconds()).tolist()
 
 
 def evaluate_scorer(score: Callable[[list[str], list[str]], np.ndarray], events: NextItemEvents,

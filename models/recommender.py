@@ -23,12 +23,14 @@ The stages, each batched:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
 
 from models.bundle import Bundle
+from models.gate import Decision, Gate, gate_features
+from models.metrics import NextItemEvents
 from models.mixup import (
     Fusion,
     Hit,
@@ -39,25 +41,33 @@ from models.mixup import (
     repeat_boosts,
     split_answer,
     split_scores,
+    unit,
 )
 
 LLM_PATH = "llm"
+FAST_PATH = "last-title"  # the last-title mix-up: the best answer that needs no LLM
 ID_ONLY_PATH = "id-only"
 
 
 @dataclass(frozen=True)
 class History:
-    """A shopper's events in time order, as the live sequence table holds them."""
+    """A shopper's events in time order, as the live sequence table holds them (``times``:
+    seconds since the epoch, one per event, or empty when unknown)."""
 
     item_ids: tuple[str, ...]
     kinds: tuple[str, ...]
+    times: tuple[float, ...] = ()
 
     @classmethod
-    def of(cls, item_ids: Sequence[str], kinds: Sequence[str] | None = None) -> History:
+    def of(cls, item_ids: Sequence[str], kinds: Sequence[str] | None = None,
+           times: Sequence[float] | None = None) -> History:
         kinds = kinds if kinds is not None else ["purchase"] * len(item_ids)
         if len(kinds) != len(item_ids):
             raise ValueError(f"{len(item_ids)} items but {len(kinds)} kinds")
-        return cls(tuple(str(i) for i in item_ids), tuple(str(k) for k in kinds))
+        if times is not None and len(times) and len(times) != len(item_ids):
+            raise ValueError(f"{len(item_ids)} items but {len(times)} times")
+        return cls(tuple(str(i) for i in item_ids), tuple(str(k) for k in kinds),
+                   tuple(float(t) for t in times) if times is not None else ())
 
     def bought(self) -> list[str]:
         """Purchased items, each once, oldest first."""
@@ -65,16 +75,18 @@ class History:
                                   if k == "purchase"))
 
     def recent(self, n: int) -> History:
-        return History(self.item_ids[-n:], self.kinds[-n:])
+        return History(self.item_ids[-n:], self.kinds[-n:], self.times[-n:])
 
 
 @dataclass(frozen=True)
 class Ranked:
-    """One answer: the ranked items, the text that grounded them, and which path answered."""
+    """One answer: the ranked items, the text that grounded them, which path answered, and
+    the gate's decision when one was asked (:meth:`MixupRecommender.serve`)."""
 
     items: list[Hit]
     generated_text: str
     path: str
+    gate: Decision | None = None
 
 
 class ScoredItem(Protocol):
@@ -117,16 +129,22 @@ class MixupRecommender:
 
     def __init__(self, bundle: Bundle, encoder: str | None = None, *, fusion: Fusion | None = None,
                  engine: str = "onnx", device: str = "auto", generator: Any = None,
-                 window: int | None = None):
+                 window: int | None = None, gate: str = "bundle",
+                 category_of: Callable[[str], str | None] | None = None):
         self.bundle = bundle
         self.encoder_name = encoder or bundle.chosen_encoder
         self.fusion = fusion or bundle.fusion(self.encoder_name)
+        self.fast_fusion = bundle.fast_fusion(self.encoder_name)
+        self.gate: Gate = bundle.gate().with_mode(gate)
         self.engine, self.device = engine, device
         self._generator = generator
         self._window = window
+        self._category_of = category_of  # categories of items the bundle does not hold (new in the catalog)
         self._index: MixupIndex | None = None
         self._catalog: dict[str, Any] | None = None
         self._item_ids: list[str] | None = None
+        self._categories: dict[str, str] | None = None
+        self._category_titles: dict[str, np.ndarray] | None = None
 
     # Each stage loads only what it uses: the Generator deployment never loads the item
     # vectors, the Retriever never loads the LLM.
@@ -193,21 +211,56 @@ class MixupRecommender:
                    stored: Callable[[list[str]], Mapping[str, np.ndarray]] | None = None,
                    fusion: Fusion | None = None) -> np.ndarray:
         """The text half's query: the generated text's vector with the fusion's share of the
-        shopper's last item's stored title vector (:func:`models.mixup.anchored_text`).
-
-        ``stored`` gives the stored vectors of items (the in-process index by default,
-        Milvus in serving); a last item it does not know adds nothing.
-        """
+        shopper's last item's title vector (:func:`models.mixup.anchored_text`; the fast
+        path's share is 1: the last title alone)."""
         anchor = (fusion or self.fusion).anchor
         if not anchor:
             return text_vecs
+        return anchored_text(text_vecs, self.last_titles(histories, stored), anchor).astype(np.float32)
+
+    def last_titles(self, histories: Sequence[History],
+                    stored: Callable[[list[str]], Mapping[str, np.ndarray]] | None = None) -> np.ndarray:
+        """Each history's last item's stored title vector [n, text_dim], with no encoder call.
+
+        ``stored`` gives the stored vectors of items (the in-process index by default, Milvus
+        in serving). An item it lacks (new in the catalog, not indexed yet) gets the mean
+        title vector of its category, else zeros: that answer rests on the ID half alone."""
         lasts = [h.item_ids[-1] if h.item_ids else "" for h in histories]
         vectors = (stored or self.stored_vectors)([i for i in dict.fromkeys(lasts) if i])
-        last = np.zeros((len(histories), self.text_dim), np.float64)
+        out = np.zeros((len(histories), self.text_dim), np.float64)
         for r, item in enumerate(lasts):
             if item in vectors:
-                last[r] = np.asarray(vectors[item][:self.text_dim], np.float64)
-        return anchored_text(text_vecs, last, anchor).astype(np.float32)
+                out[r] = np.asarray(vectors[item][:self.text_dim], np.float64)
+            elif item:
+                mean = self.category_titles.get(self.category_of(item) or "")
+                if mean is not None:
+                    out[r] = mean
+        return out
+
+    def category_of(self, item_id: str) -> str | None:
+        """The item's category: the bundle's catalog, else what the caller knows of new items."""
+        if self._categories is None:
+            items = self.bundle.items()
+            cats = items["category"] if "category" in items else [None] * len(items)
+            self._categories = {i: str(c) for i, c in zip(self.item_ids, cats, strict=True)
+                                if c is not None and c == c and str(c)}
+        found = self._categories.get(item_id)
+        return found if found is not None or self._category_of is None else self._category_of(item_id)
+
+    @property
+    def category_titles(self) -> dict[str, np.ndarray]:
+        """Unit mean stored title vector per category (for items without a vector of their own)."""
+        if self._category_titles is None:
+            self.category_of("")  # loads the categories
+            assert self._categories is not None
+            titles = self.index.vectors[:, :self.text_dim].astype(np.float64)
+            rows: dict[str, list[int]] = {}
+            for r, item in enumerate(self.item_ids):
+                cat = self._categories.get(item)
+                if cat:
+                    rows.setdefault(cat, []).append(r)
+            self._category_titles = {c: unit(titles[r].mean(axis=0)) for c, r in rows.items()}
+        return self._category_titles
 
     def user_states(self, histories: Sequence[History]) -> np.ndarray:
         """SASRec's state after each history's newest ``window`` events."""
@@ -244,6 +297,22 @@ class MixupRecommender:
         """The repeat term per shopper: history item -> score added (empty when it is off)."""
         weights = (fusion or self.fusion).repeat
         return [repeat_boosts(h.item_ids, weights) for h in histories]
+
+    def llm_answer_scores(self, histories: Sequence[History], text_vecs: np.ndarray, states: np.ndarray
+                          ) -> np.ndarray:
+        """The LLM path's answers as whole-catalog scores (evaluation): its fusion where the
+        text says something, the fast path's where it is empty, as :meth:`recommend` answers."""
+        out = self.answer_scores(histories, text_vecs, states, self.fusion)
+        empty = ~np.abs(np.asarray(text_vecs)).sum(axis=1).astype(bool)
+        if empty.any():
+            out[empty] = self.answer_scores([h for h, e in zip(histories, empty, strict=True) if e],
+                                            np.asarray(text_vecs)[empty], states[empty], self.fast_fusion)
+        return out
+
+    def fast_answer_scores(self, histories: Sequence[History], states: np.ndarray) -> np.ndarray:
+        """The fast path's answers as whole-catalog scores (evaluation)."""
+        return self.answer_scores(histories, np.zeros((len(histories), self.text_dim), np.float32), states,
+                                  self.fast_fusion)
 
     # -- stage 3: the search (Milvus in serving; exact and in process here) -----------------
     @property
@@ -302,36 +371,92 @@ class MixupRecommender:
                         dtype=np.int64) for h in histories]
         return split_scores(s, explore, own, f.repeat_slots)
 
-    # -- the whole path -------------------------------------------------------------------
+    # -- the whole path ---------------------------------------------------------------------
     def recommend(self, histories: Sequence[History], k: int = 10,
                   texts: Sequence[str] | None = None, backend: SearchBackend | None = None) -> list[Ranked]:
-        """LLM text (generated here unless given) + ID state → one search per shopper (two
-        with the repeat/explore split), on ``backend`` (the in-process index by default; the
-        Retriever passes its Milvus collection)."""
-        b = backend if backend is not None else self.local
+        """The LLM path: its text (generated here unless given) + ID state → one search per
+        shopper (two with the repeat/explore split), on ``backend`` (the in-process index by
+        default; the Retriever passes its Milvus collection). A history left without text
+        (the LLM wrote nothing usable) gets the fast path's answer, and says so."""
         texts = list(texts) if texts is not None else self.generate(histories)
-        text_vecs = self.text_query(histories, self.text_vectors(texts), b.vectors)
+        has_text = [bool(str(t).strip()) for t in texts]
+        out: list[Ranked | None] = [None] * len(histories)
+        for wanted, fusion, path in ((True, self.fusion, LLM_PATH), (False, self.fast_fusion, FAST_PATH)):
+            rows = [r for r, h in enumerate(has_text) if h == wanted]
+            if rows:
+                part = self.rank([histories[r] for r in rows], k, [texts[r] for r in rows] if wanted else None,
+                                 fusion, path, backend)
+                for r, answer in zip(rows, part, strict=True):
+                    out[r] = answer
+        return [a for a in out if a is not None]
+
+    def recommend_fast(self, histories: Sequence[History], k: int = 10,
+                       backend: SearchBackend | None = None) -> list[Ranked]:
+        """The fast path: the last-title mix-up (the last item's stored title vector as the
+        text query, SASRec's state, the bundle's fast fusion), with no LLM and no encoder call."""
+        return self.rank(histories, k, None, self.fast_fusion, FAST_PATH, backend)
+
+    def serve(self, histories: Sequence[History], k: int = 10, texts: Sequence[str] | None = None,
+              backend: SearchBackend | None = None) -> list[Ranked]:
+        """The served system in process: the fast path answers every history, the gate reads
+        that answer, and the histories it sends get the LLM path's answer instead (``texts``:
+        every history's generated text, when made elsewhere; else generated here for those sent)."""
+        fast = self.recommend_fast(histories, k, backend)
+        decisions = self.decide(histories, fast)
+        out = [replace(a, gate=d) for a, d in zip(fast, decisions, strict=True)]
+        sent = [r for r, d in enumerate(decisions) if d.send]
+        if sent:
+            given = [texts[r] for r in sent] if texts is not None else None
+            for r, answer in zip(sent, self.recommend([histories[r] for r in sent], k, given, backend), strict=True):
+                out[r] = replace(answer, gate=decisions[r])
+        return out
+
+    def decide(self, histories: Sequence[History], fast_answers: Sequence[Ranked]) -> list[Decision]:
+        """The gate's decision for each history, from the fast path's answer to it."""
+        return self.gate.decide(self.gate_features(histories, fast_answers))
+
+    def gate_features(self, histories: Sequence[History], fast_answers: Sequence[Ranked]) -> np.ndarray:
+        """:func:`models.gate.gate_features` of each history, one row each."""
+        rows = self.index.index
+        return np.array([gate_features(h, a.items, self.category_of, rows.__contains__, self.bundle.max_history)
+                         for h, a in zip(histories, fast_answers, strict=True)]).reshape(len(histories), -1)
+
+    def rank(self, histories: Sequence[History], k: int, texts: Sequence[str] | None, fusion: Fusion, path: str,
+             backend: SearchBackend | None = None) -> list[Ranked]:
+        """One path's answers: the text query (the texts' vectors, or none: the last title
+        alone at the fast fusion's anchor), the mix-up query, re-buy exclusions, the search with
+        the repeat term, and the repeat/explore split when the fusion has one."""
+        b = backend if backend is not None else self.local
+        text_vecs = (self.text_vectors(texts) if texts is not None
+                     else np.zeros((len(histories), self.text_dim), np.float32))
+        text_vecs = self.text_query(histories, text_vecs, b.vectors, fusion)
         states = self.user_states(histories)
-        q = self.queries(text_vecs, states)
-        exclude = self.exclusions(histories, text_vecs, b.vectors)
-        found = self.search(q, exclude, k, self.boosts(histories), keep_own=bool(self.fusion.repeat_slots),
-                            backend=b)
-        if self.fusion.repeat_slots:
-            explore = self.search(self.queries(text_vecs, states, self.fusion.explore()), exclude,
-                                  k + self.fusion.repeat_slots, backend=b)
+        exclude = self.exclusions(histories, text_vecs, b.vectors, fusion)
+        found = self.search(self.queries(text_vecs, states, fusion), exclude, k, self.boosts(histories, fusion),
+                            keep_own=bool(fusion.repeat_slots), backend=b)
+        if fusion.repeat_slots:
+            explore = self.search(self.queries(text_vecs, states, fusion.explore()), exclude,
+                                  k + fusion.repeat_slots, backend=b)
             rows = split_answer([[(h.item_id, h.score) for h in row] for row in found],
                                 [[(h.item_id, h.score) for h in row] for row in explore],
-                                [set(h.item_ids) for h in histories], self.fusion.repeat_slots, k)
+                                [set(h.item_ids) for h in histories], fusion.repeat_slots, k)
             found = [[Hit(i, sc) for i, sc in row] for row in rows]
-        return [Ranked(hits, text, LLM_PATH) for hits, text in zip(found, texts, strict=True)]
+        shown = list(texts) if texts is not None else [""] * len(histories)
+        return [Ranked(hits, text, path) for hits, text in zip(found, shown, strict=True)]
 
     def recommend_id_only(self, histories: Sequence[History], k: int = 10) -> list[Ranked]:
-        """The fast path with no LLM: the same search at λ = 0, without the repeat term (the
-        stream's fallback: SASRec's own ranking when the ID half is its logit)."""
+        """SASRec's view alone: the same search at λ = 0, without the repeat term (the fast
+        path before the last-title mix-up; kept to measure against)."""
         fusion = self.fusion.with_lambda(0.0)
         q = self.queries(None, self.user_states(histories), fusion)
         exclude = self.exclusions(histories, None, self.stored_vectors, fusion)
         return [Ranked(hits, "", ID_ONLY_PATH) for hits in self.search(q, exclude, k)]
+
+
+def event_histories(events: NextItemEvents) -> list[History]:
+    """The history of each evaluation event, with its times when the events carry them."""
+    times = events.times or [None] * len(events)
+    return [History.of(h, k, t) for h, k, t in zip(events.histories, events.kinds, times, strict=True)]
 
 
 def with_repeats(rows: Sequence[Sequence[tuple[str, float]]], queries: np.ndarray,

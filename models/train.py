@@ -46,6 +46,7 @@ from models.bundle import (
     vectors_path,
 )
 from models.data.dataset import Dataset
+from models.gate import Gate, fit_gate
 from models.metrics import NextItemEvents, mrr, next_item_events, recall_at_k, target_ranks
 from models.mixup import (
     DEFAULT_LAMBDAS,
@@ -56,7 +57,7 @@ from models.mixup import (
     split_scores,
     unit,
 )
-from models.recommender import History, embed_texts, history_prompts, user_states
+from models.recommender import History, MixupRecommender, embed_texts, event_histories, history_prompts, user_states
 from models.sasrec import SASRec, SASRecConfig, train_sasrec
 
 log = logging.getLogger("stylestream.train")
@@ -162,8 +163,11 @@ def train_bundle(dataset: Dataset, cfg: TrainConfig | None = None, out: Path | s
                for name in cfg.title_encoders}
     chosen = max(choices, key=lambda n: choices[n]["objective"])
     write_items(dataset, sasrec, choices[chosen]["impute"], out)
-    costs["train_seconds"] = round(time.perf_counter() - started, 1)
     manifest = bundle_manifest(dataset, cfg, sasrec, llm, choices, chosen, val, costs)
+    gate = fit_bundle_gate(Bundle(out, manifest), val, cfg.seed)  # every part is on disk but the manifest
+    log.info("gate: %s", _gate_summary(gate))
+    costs["train_seconds"] = round(time.perf_counter() - started, 1)
+    manifest = bundle_manifest(dataset, cfg, sasrec, llm, choices, chosen, val, costs, gate.to_json())
     (out / VALIDATION).write_text(json.dumps(val.to_json(dataset), indent=1) + "\n")
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     log.info("bundle %s written to %s (encoder %s, %s)", manifest["version"], out, chosen,
@@ -190,7 +194,7 @@ class Validation:
 
     @classmethod
     def of(cls, events: NextItemEvents) -> Validation:
-        return cls(events, [History.of(h, k) for h, k in zip(events.histories, events.kinds, strict=True)])
+        return cls(events, event_histories(events))
 
     def to_json(self, dataset: Dataset) -> dict[str, Any]:
         ids = dataset.items["item_id"].astype(str).to_numpy()
@@ -292,8 +296,11 @@ def fit_encoder(dataset: Dataset, name: str, sasrec: SASRec, val: Validation, cf
     choice = choose_anchor(halves, val.events.targets, choice, cfg.anchors, cfg.lambdas)
     if cfg.repeat_term:
         choice = choose_repeat(halves, val.events.targets, choice, cfg.lambdas)
-    log.info("%s: %s, imputation %s; validation R@10 %.4f", name, choice["fusion"],
-             "on" if choice["impute"] else "off", choice["val_recall@10"])
+    fast = choose_fast_fusion(halves, val.events.targets, choice, cfg)
+    choice = {**choice, "fast_fusion": fast.pop("fusion"), "fast": fast}
+    log.info("%s: %s, imputation %s; validation R@10 %.4f (fast path %.4f: %s)", name, choice["fusion"],
+             "on" if choice["impute"] else "off", choice["val_recall@10"], fast["val_recall@10"],
+             choice["fast_fusion"])
     id_emb = halves.id_emb[(choice["impute"], choice["fusion"]["id_half"])]
     vectors_path(out, name).parent.mkdir(parents=True, exist_ok=True)
     np.save(vectors_path(out, name), mixup_item_vectors(titles, id_emb, choice["fusion"]["id_half"]))
@@ -316,21 +323,21 @@ def write_items(dataset: Dataset, sasrec: SASRec, impute: bool, out: Path) -> No
 
 def bundle_manifest(dataset: Dataset, cfg: TrainConfig, sasrec: SASRec, llm: dict[str, Any],
                     choices: dict[str, dict[str, Any]], chosen: str, val: Validation,
-                    costs: dict[str, Any]) -> dict[str, Any]:
+                    costs: dict[str, Any], gate: dict[str, Any] | None = None) -> dict[str, Any]:
     import torch
     import transformers
 
     encoders = {name: {k: v for k, v in c.items() if k != "objective"} for name, c in choices.items()}
     parts = {"data_hash": dataset.data_hash(), "sasrec": sasrec.version, "llm": llm["model_version"],
-             "encoders": {n: {"fusion": c["fusion"], "impute": c["impute"], "source": c["manifest"]}
-                          for n, c in encoders.items()},
-             "chosen": chosen, "prompt": [cfg.max_history, cfg.max_new_tokens]}
+             "encoders": {n: {"fusion": c["fusion"], "fast_fusion": c.get("fast_fusion"), "impute": c["impute"],
+                              "source": c["manifest"]} for n, c in encoders.items()},
+             "chosen": chosen, "prompt": [cfg.max_history, cfg.max_new_tokens], "gate": gate}
     return {
         "format": FORMAT, "version": bundle_version(parts),
         "created_at": pd.Timestamp.now(tz="UTC").isoformat(),
         "dataset": {"name": dataset.name, "data_hash": dataset.data_hash(), "n_items": len(dataset.items),
                     "split": dataset.split.to_dict() if dataset.split else None},
-        "chosen_encoder": chosen, "encoders": encoders,
+        "chosen_encoder": chosen, "encoders": encoders, "gate": gate,
         "prompt": {"max_history": cfg.max_history, "max_new_tokens": cfg.max_new_tokens,
                    "example": val.prompt_example},
         "components": {"sasrec": sasrec.version, "sasrec_best_epoch": sasrec.manifest.get("best_epoch"),
@@ -565,21 +572,24 @@ class ValidationHalves:
         return s
 
 
-def choose_fusion(h: ValidationHalves, targets: np.ndarray, cfg: TrainConfig) -> dict[str, Any]:
+def choose_fusion(h: ValidationHalves, targets: np.ndarray, cfg: TrainConfig,
+                  imputes: Sequence[bool] = (False, True), id_halves: Sequence[str] | None = None,
+                  anchor: float = 0.0) -> dict[str, Any]:
     """The fusion with the best validation Recall@10 (+ a pinch of MRR to break ties).
 
     Candidates: imputation on/off × ID half (cosine; logit at σ = {0.5, 1, 2} × the spread
-    ratio) × re-buy rule × λ. The winner's λ curve and each option's best objective are
-    recorded, so the report shows what each choice was worth.
+    ratio) × re-buy rule × λ, at the given ``anchor`` (the last title's share of the text
+    query). The winner's λ curve and each option's best objective are recorded, so the
+    report shows what each choice was worth.
     """
     candidates = []
-    for impute, id_half, factor, threshold in product((False, True), cfg.id_halves, SIGMA_FACTORS,
+    for impute, id_half, factor, threshold in product(imputes, id_halves or cfg.id_halves, SIGMA_FACTORS,
                                                       cfg.rebuy_thresholds):
         if id_half == "cosine" and factor != 1.0:
             continue
         sigma = factor * h.sigma_base(impute) if id_half == "logit" else 1.0
         for lam in cfg.lambdas:
-            fusion = Fusion(float(lam), id_half, sigma, threshold)
+            fusion = Fusion(float(lam), id_half, sigma, threshold, anchor=anchor)
             ranks = target_ranks(h.scores(fusion, impute), targets)
             recall = recall_at_k(ranks, CHOICE_K)
             candidates.append((recall + TIE_BREAK * mrr(ranks), recall, mrr(ranks), impute, factor, fusion))
@@ -593,7 +603,7 @@ def choose_fusion(h: ValidationHalves, targets: np.ndarray, cfg: TrainConfig) ->
         "val_curve": {str(c[5].lam): c[1] for c in same},
         "options": {
             "impute": {str(v): _best(candidates, lambda c, v=v: c[3] == v) for v in (False, True)},
-            "id_half": {v: _best(candidates, lambda c, v=v: c[5].id_half == v) for v in cfg.id_halves},
+            "id_half": {v: _best(candidates, lambda c, v=v: c[5].id_half == v) for v in id_halves or cfg.id_halves},
             "rebuy_threshold": {str(v): _best(candidates, lambda c, v=v: c[5].rebuy_threshold == v)
                                 for v in cfg.rebuy_thresholds},
         },
@@ -621,6 +631,19 @@ def choose_anchor(h: ValidationHalves, targets: np.ndarray, choice: dict[str, An
         out.update({"fusion": best[3].to_json(), "objective": best[0], "val_recall@10": best[1],
                     "val_mrr": best[2]})
     return out
+
+
+def choose_fast_fusion(h: ValidationHalves, targets: np.ndarray, choice: dict[str, Any],
+                       cfg: TrainConfig) -> dict[str, Any]:
+    """The fast path's fusion: the last item's title as the whole text query (anchor 1), over
+    the stored vectors the LLM path's choice fixed (imputation, ID half); σ, the re-buy rule,
+    λ and the repeat term (with its split) chosen on validation as the LLM path's are."""
+    fast = choose_fusion(h, targets, cfg, imputes=(choice["impute"],), id_halves=(choice["fusion"]["id_half"],),
+                         anchor=1.0)
+    if cfg.repeat_term:
+        fast = choose_repeat(h, targets, fast, cfg.lambdas)
+    return {"fusion": fast["fusion"], "val_recall@10": fast["val_recall@10"], "val_mrr": fast["val_mrr"],
+            "val_curve": fast["val_curve"], "repeat_kept": bool(fast.get("repeat", {}).get("kept"))}
 
 
 REPEAT_RANKS = 5  # repeat weights for the 4 newest distinct history items, one for the rest
@@ -688,6 +711,29 @@ def choose_split(h: ValidationHalves, targets: np.ndarray, fusion: Fusion, imput
                 best = {"objective": recall + TIE_BREAK * m, "val_recall@10": recall, "val_mrr": m,
                         "slots": slots, "explore_lam": float(lam)}
     return best
+
+
+def fit_bundle_gate(bundle: Bundle, val: Validation, seed: int = 0) -> Gate:
+    """The gate before the LLM path, fitted on the validation events through the served code:
+    each event's fast-path answer gives its features, and the LLM path's and the fast path's
+    whole-catalog target ranks give the label (:func:`models.gate.fit_gate`)."""
+    rec = MixupRecommender(bundle)
+    histories, targets = val.histories, val.events.targets
+    states = val.states if val.states is not None else rec.user_states(histories)
+    x = rec.gate_features(histories, rec.recommend_fast(histories, CHOICE_K))
+    text = embed_texts(rec.encoder, val.texts or [""] * len(histories))
+    llm = target_ranks(rec.llm_answer_scores(histories, text, states), targets)
+    fast = target_ranks(rec.fast_answer_scores(histories, states), targets)
+    return fit_gate(x, llm, fast, CHOICE_K, TIE_BREAK, seed)
+
+
+def _gate_summary(gate: Gate) -> str:
+    v = gate.validation
+    state = "closed" if gate.closed else f"sends {100 * v.get('send_share', 0):.0f}% of events"
+    return (f"{state} (validation Recall@10: fast path {v.get('recall@10_fast', 0):.4f}, LLM path "
+            f"{v.get('recall@10_llm', 0):.4f}, served {v.get('recall@10_served', 0):.4f}; the LLM path is the "
+            f"better one on {v.get('llm_better', 0)} of {v.get('n_events', 0)} events, the fast path on "
+            f"{v.get('fast_better', 0)})")
 
 
 def _best(candidates: Sequence[tuple[Any, ...]], keep: Any) -> float | None:

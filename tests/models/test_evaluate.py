@@ -21,6 +21,7 @@ from models.data.synth import synthesize
 from models.evaluate import (
     CONTENT,
     LAST_TITLE_MIXUP,
+    SERVED,
     EvalConfig,
     EvalResult,
     event_slices,
@@ -60,7 +61,7 @@ def test_evaluate_end_to_end(tmp_path: Path, one_thread: None) -> None:
     assert len(generations["test"]) == 48 and {"generated", "bought"} <= set(generations["test"][0])
     metrics = json.loads((out / "metrics.json").read_text())
     expected = {"popularity", "co-occurrence", "sasrec", "id-only", "title-only (lstm)",
-                "mix-up (lstm)", CONTENT, LAST_TITLE_MIXUP}
+                "mix-up (lstm)", CONTENT, LAST_TITLE_MIXUP, SERVED}
     assert expected <= set(metrics["systems"]) <= expected | {"mix-up without repeat term (lstm)",
                                                               "mix-up, generated text alone (lstm)"}
     assert set(metrics["slices"]) == {"all", "repeat", "explore", "cold-start"}
@@ -72,8 +73,18 @@ def test_evaluate_end_to_end(tmp_path: Path, one_thread: None) -> None:
     n_all = result.dataset["n_test_events"]
     assert n_all > 48 and result.dataset["n_llm_test_events"] == 48
     for name, m in metrics["systems"].items():  # the LLM systems on the sample, the others on all
-        assert m["n_events"] == (48 if "(lstm)" in name else n_all), name
+        assert m["n_events"] == (48 if "(lstm)" in name or name == SERVED else n_all), name
     assert all(m["n_events"] == 48 for m in metrics["slices"]["all"].values())  # paired: same events
+    served = result.served  # what users get: the gate's choice between the LLM path and the fast path
+    assert served["n_events"] == 48 and 0.0 <= served["llm_share"] <= 1.0
+    assert served["llm_calls_per_1000"] == pytest.approx(1000 * served["llm_share"], abs=0.1)
+    by_rival = {p["rival"]: p for p in metrics["paired"] if p["system"] == SERVED}
+    assert set(by_rival) == {LAST_TITLE_MIXUP, CONTENT, "mix-up (lstm)"}
+    if served["llm_share"] == 0.0:  # the gate declined every event: the fast path answered them all
+        assert by_rival[LAST_TITLE_MIXUP]["recall@10"]["diff"] == 0.0
+    if served["llm_share"] == 1.0:
+        assert by_rival["mix-up (lstm)"]["recall@10"]["diff"] == 0.0
+    assert "## The served system" in (out / "report.md").read_text()
     rivals = {p["rival"] for p in metrics["paired"]}
     assert {"sasrec", "title-only (lstm)", "id-only", CONTENT, LAST_TITLE_MIXUP} <= rivals
     for p in metrics["paired"]:

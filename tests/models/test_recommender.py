@@ -135,8 +135,8 @@ def test_bought_items_are_left_out_unless_the_text_names_them(tiny_bundle):
     hist = histories(bundle)
     f = rec.fusion
     strict = MixupRecommender(bundle, fusion=Fusion(0.5, f.id_half, f.sigma, ALWAYS_EXCLUDE))
-    for answer, h in zip(strict.recommend(hist, k=20, texts=[""] * len(hist)), hist, strict=True):
-        assert not set(h.bought()) & {i.item_id for i in answer.items}
+    for answer, h in zip(strict.recommend(hist, k=20, texts=["a dress"] * len(hist)), hist, strict=True):
+        assert answer.path == LLM_PATH and not set(h.bought()) & {i.item_id for i in answer.items}
     named = MixupRecommender(bundle, fusion=Fusion(0.5, f.id_half, f.sigma, 0.9))
     h = hist[0]
     exclude = named.exclusions([h], named.text_vectors([titles[h.bought()[0]]]), named.stored_vectors)[0]
