@@ -81,6 +81,10 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                    help="folder with a finished LoRA run per data set (<folder>/<name>/: adapter/ "
                         "+ manifest.json, e.g. from bench_convergence.py on a GPU) to use "
                         "instead of training here")
+    p.add_argument("--answers", type=Path, default=None,
+                   help="an answers file (models/answers.py) for the LLM systems, made by ANOTHER LoRA run than "
+                        "the one trained here (say bench/results/answers_lora500_amazon-clothing-loo.json, from "
+                        "an H200); the report records which run made them. One data set only")
     p.add_argument("--max-history", type=int, default=8, help="history events in a prompt")
     p.add_argument("--max-val-events", type=int, default=48)
     p.add_argument("--max-test-events", type=int, default=0,
@@ -139,7 +143,8 @@ def config_for(name: str, args: argparse.Namespace) -> EvalConfig:
         lora_run=args.lora_runs / name if args.lora_runs else None, max_history=args.max_history,
         max_val_events=args.max_val_events, max_test_events=args.max_test_events or None,
         llm_test_events=args.llm_test_events or None,
-        answers=_answers(args.lora_runs / name) if args.lora_runs else None,
+        answers=args.answers or (_answers(args.lora_runs / name) if args.lora_runs else None),
+        answers_of_any_llm=args.answers is not None,
         max_new_tokens=args.max_new_tokens, gen_batch_size=args.gen_batch, engine=args.engine,
         sasrec_run=_part(args.lora_runs / name / "sasrec") if args.lora_runs else None,
         seed=args.seed, sasrec=SASRecConfig(epochs=args.sasrec_epochs, dropout=args.sasrec_dropout,

@@ -242,7 +242,8 @@ def test_texts(rec: MixupRecommender, dataset: Dataset, events: NextItemEvents, 
     texts: list[str | None] = [None] * len(histories)
     if cfg.answers is not None:
         answers = Answers.load(cfg.answers)
-        answers.require(rec.bundle.manifest["components"]["llm"], dataset.data_hash())
+        answers.require(answers.model_version if cfg.answers_of_any_llm else rec.bundle.manifest["components"]["llm"],
+                        dataset.data_hash())
         keys = event_keys(events, dataset.items["item_id"].astype(str).tolist())
         texts = [answers.test.get(k) for k in keys]
         costs["answers_file"] = str(cfg.answers)

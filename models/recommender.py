@@ -379,13 +379,13 @@ class MixupRecommender:
         default; the Retriever passes its Milvus collection). A history left without text
         (the LLM wrote nothing usable) gets the fast path's answer, and says so."""
         texts = list(texts) if texts is not None else self.generate(histories)
-        has_text = [bool(str(t).strip()) for t in texts]
+        paths = [answer_path(t) for t in texts]
         out: list[Ranked | None] = [None] * len(histories)
-        for wanted, fusion, path in ((True, self.fusion, LLM_PATH), (False, self.fast_fusion, FAST_PATH)):
-            rows = [r for r, h in enumerate(has_text) if h == wanted]
+        for fusion, path in ((self.fusion, LLM_PATH), (self.fast_fusion, FAST_PATH)):
+            rows = [r for r, p in enumerate(paths) if p == path]
             if rows:
-                part = self.rank([histories[r] for r in rows], k, [texts[r] for r in rows] if wanted else None,
-                                 fusion, path, backend)
+                given = [texts[r] for r in rows] if path == LLM_PATH else None
+                part = self.rank([histories[r] for r in rows], k, given, fusion, path, backend)
                 for r, answer in zip(rows, part, strict=True):
                     out[r] = answer
         return [a for a in out if a is not None]
@@ -451,6 +451,12 @@ class MixupRecommender:
         q = self.queries(None, self.user_states(histories), fusion)
         exclude = self.exclusions(histories, None, self.stored_vectors, fusion)
         return [Ranked(hits, "", ID_ONLY_PATH) for hits in self.search(q, exclude, k)]
+
+
+def answer_path(text: str) -> str:
+    """Which path answers with this generated text: the LLM path, or the fast path when the
+    text is empty (nothing usable was generated)."""
+    return LLM_PATH if str(text).strip() else FAST_PATH
 
 
 def event_histories(events: NextItemEvents) -> list[History]:

@@ -99,6 +99,7 @@ class TrainConfig:
     repeat_term: bool = True  # fit the repeat term on validation (kept only if it helps)
     sasrec_run: Path | None = None  # a SASRec trained elsewhere on this data set to use instead
     answers: Path | None = None  # LLM answers generated elsewhere by the same LoRA run
+    answers_of_any_llm: bool = False  # benchmarks: take ``answers`` though another LoRA run made them
     max_history: int = 10  # history events shown in an LLM prompt (newest kept)
     max_val_events: int = 64
     max_new_tokens: int = 24
@@ -254,7 +255,8 @@ def generate_validation(dataset: Dataset, val: Validation, out: Path, cfg: Train
 
     if cfg.answers is not None:  # made by the same LoRA run on another machine (a GPU box)
         answers = Answers.load(cfg.answers)
-        answers.require(llm_version, dataset.data_hash())
+        answers.require(answers.model_version if cfg.answers_of_any_llm else llm_version, dataset.data_hash())
+        costs["answers_llm"] = answers.model_version
         texts = answers.lookup("val", event_keys(val.events, dataset.items["item_id"].astype(str).tolist()))
         if texts is not None:
             log.info("validation answers from %s (%s)", cfg.answers, answers.costs.get("device"))

@@ -1,1 +1,2 @@
-"""Ray Serve application (Generator and Retriever deployments): the next milestone; not built yet."""
+"""The Ray Serve application: Ingress → Generator (the LLM writes the next item's text) →
+Retriever (mix-up search in Milvus)."""

@@ -18,7 +18,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from models.bundle import Bundle
-from models.recommender import LLM_PATH, History
+from models.recommender import History, answer_path
 from serving.schemas import RecommendAnswer, RecommendBody, RecommendedItem, Version
 
 api = FastAPI(title="stylestream", summary="Next-item fashion recommendations: LoRA-tuned LLM + mix-up retrieval")
@@ -96,7 +96,8 @@ class Ingress:
         hits = await self.retriever.retrieve.remote((history, text, body.k))
         done = time.perf_counter()
         return RecommendAnswer(
-            user_id=body.user_id, generated_text=text, path=LLM_PATH, model_version=self.about.bundle_version,
+            user_id=body.user_id, generated_text=text, path=answer_path(text),
+            model_version=self.about.bundle_version,
             items=[RecommendedItem(item_id=h.item_id, score=round(h.score, 6), title=h.title) for h in hits],
             timings_ms={"generate": round(1000 * (generated - started), 2),
                         "retrieve": round(1000 * (done - generated), 2),

@@ -45,7 +45,8 @@ class RecommendAnswer(BaseModel):
     user_id: str
     items: list[RecommendedItem]
     generated_text: str
-    path: Literal["llm", "id-only"]
+    path: Literal["llm", "last-title"] = Field(description="llm, or last-title when the LLM wrote nothing usable "
+                                                           "and the fast path's answer stands in")
     model_version: str
     timings_ms: dict[str, float]
 

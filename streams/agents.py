@@ -48,6 +48,7 @@ class Stats:
     dead_lettered: int = 0
     recs_published: int = 0
     recs_by_path: Counter[str] = field(default_factory=Counter)
+    recs_by_gate: Counter[str] = field(default_factory=Counter)  # sent / declined (with an LLM path)
 
 
 stats = Stats()
@@ -85,25 +86,27 @@ def recommender() -> Recommender:
 
 
 def make_recommender(s: Settings) -> Recommender:
-    """serving: the LLM path over Ray Serve with the ID-only fast path behind it; id-only:
-    the fast path alone; baseline: category popularity (no bundle needed)."""
+    """serving: the gate, then the LLM path over Ray Serve, with the fast path answering what
+    the gate declines and what Serve does not answer in time; fast: the fast path alone;
+    baseline: category popularity (no bundle needed)."""
     mode = s.recommender
     has_bundle = (s.bundle_dir / "bundle.json").is_file()
     if mode == "auto":
-        mode = ("serving" if s.serving_url else "id-only") if has_bundle else "baseline"
+        mode = ("serving" if s.serving_url else "fast") if has_bundle else "baseline"
     if mode == "baseline":
         from streams.baseline import BaselineRecommender
 
         return BaselineRecommender.from_folder(s.dataset_dir)
-    from streams.id_only import IdOnlyRecommender
+    from streams.fast_path import FastPathRecommender
 
-    fast = IdOnlyRecommender.from_folder(s.bundle_dir, available=offered)
-    if mode == "id-only":
-        return fast
+    if mode == "fast":
+        return FastPathRecommender.from_folder(s.bundle_dir, s.fast_path, available=offered, category_of=category_of)
     if not s.serving_url:
         raise ConfigError("STYLESTREAM_RECOMMENDER=serving needs STYLESTREAM_SERVING_URL (the Serve ingress)")
     from streams.serving_recommender import ServingRecommender
 
+    fast = FastPathRecommender.from_folder(s.bundle_dir, s.fast_path, gate=s.gate, available=offered,
+                                           category_of=category_of)
     return ServingRecommender(s.serving_url, fast, timeout_s=s.serving_timeout_ms / 1000,
                               max_in_flight=s.serving_max_in_flight, max_history=s.max_request_history)
 
@@ -114,10 +117,10 @@ def offered(item_id: str) -> bool:
     return True if state is None else bool(state["available"])
 
 
-def install_recommender(rec: Recommender) -> None:
-    """Replace the baseline (the LLM path plugs in here)."""
-    global _recommender
-    _recommender = rec
+def category_of(item_id: str) -> str | None:
+    """The category the catalog stream gave an item (for items newer than the bundle)."""
+    state = catalog_state.get(item_id)
+    return None if state is None else state.get("category")
 
 
 @app.task
@@ -225,11 +228,14 @@ async def publish_recommendation(user_id: str, seq: UserSequence, trigger_event_
     out = Recommendation(request_id=uuid.uuid4().hex, user_id=user_id, trigger_event_id=trigger_event_id,
                          items=result.items, generated_text=result.generated_text,
                          model_version=result.model_version or recommender().model_version, path=result.path,
-                         produced_at=now, latency_ms=round(latency * 1000, 3))
+                         produced_at=now, latency_ms=round(latency * 1000, 3), gate=result.gate,
+                         gate_score=result.gate_score)
     # straight to the producer: Faust's Topic.send adds a channel and callbacks per record
     await app.producer.send(RECS, user_id.encode(), out.to_bytes(), partition=None, timestamp=None, headers=None)
     stats.recs_published += 1
     stats.recs_by_path[result.path] += 1
+    if result.gate is not None:
+        stats.recs_by_gate[result.gate] += 1
     metrics.observe_latency(result.path, latency)
 
 
@@ -240,8 +246,8 @@ async def dead_letter(message: Any, reason: str) -> None:
 
 @app.agent(catalog_topic)
 async def follow_catalog(stream):
-    """Deletes and stock changes, for the fast path. Bad records are the indexer's to
-    dead-letter; here they are skipped."""
+    """Deletes, stock changes and the categories of new items, for the fast path. Bad records
+    are the indexer's to dead-letter; here they are skipped."""
     async for event in stream.events():
         try:
             update = parse_catalog_update(event.message.value, event.message.key)
@@ -255,7 +261,9 @@ async def follow_catalog(stream):
         else:  # an upsert that leaves stock out keeps it, or brings a deleted item back in stock
             kept = True if state is None or state.get("deleted") else state["available"]
             available = update.in_stock if update.in_stock is not None else kept
-            catalog_state[update.item_id] = {"available": available, "deleted": False, "ts": update.ts}
+            category = update.category if update.category is not None else (state or {}).get("category")
+            catalog_state[update.item_id] = {"available": available, "deleted": False, "ts": update.ts,
+                                             "category": category}
 
 
 @app.timer(interval=1.0)

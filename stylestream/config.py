@@ -90,9 +90,15 @@ class Settings:
                                            "brokers refuse shorter)")
     ray_dashboard_port: int = setting(8265, "local Ray dashboard port (127.0.0.1 only)")
     bundle: Path = setting(Path(""), "model bundle folder (empty = home/bundle); written by `stylestream train`")
-    recommender: str = setting("auto", "what answers the stream: serving (LLM via Ray Serve, ID-only fallback), "
-                                       "id-only, baseline; auto = serving when a bundle and a serving URL exist, "
-                                       "else id-only with a bundle, else baseline")
+    recommender: str = setting("auto", "what answers the stream: serving (the gate, then the LLM via Ray Serve, "
+                                       "with the fast path answering what the gate declines and what Serve does "
+                                       "not answer in time), fast (the fast path alone), baseline; auto = serving "
+                                       "when a bundle and a serving URL exist, else fast with a bundle, else "
+                                       "baseline")
+    fast_path: str = setting("last-title", "the fast path: last-title (the bundle's last-title mix-up) or id-only "
+                                           "(SASRec alone: the fast path of earlier versions, kept to compare)")
+    gate: str = setting("bundle", "the gate before the LLM path: bundle (its choice, fitted on validation), open "
+                                  "(every event to the LLM path) or closed (none)")
     serving_url: str = setting("", "Ray Serve ingress the stream calls (empty = none; `stylestream up` sets it)")
     serving_timeout_ms: float = setting(4000.0, "deadline for an LLM answer; later, the stream answers from "
                                                 "the fast path instead")
@@ -146,9 +152,13 @@ class Settings:
                               f"{env_name('kafka_bootstrap_servers')}: the embedded broker speaks PLAINTEXT only")
         if self.table_store not in ("rocksdb", "memory"):
             raise ConfigError(f"{env_name('table_store')} must be rocksdb or memory, not {self.table_store!r}")
-        if self.recommender not in ("auto", "serving", "id-only", "baseline"):
-            raise ConfigError(f"{env_name('recommender')} must be auto, serving, id-only or baseline, "
+        if self.recommender not in ("auto", "serving", "fast", "baseline"):
+            raise ConfigError(f"{env_name('recommender')} must be auto, serving, fast or baseline, "
                               f"not {self.recommender!r}")
+        if self.fast_path not in ("last-title", "id-only"):
+            raise ConfigError(f"{env_name('fast_path')} must be last-title or id-only, not {self.fast_path!r}")
+        if self.gate not in ("bundle", "open", "closed"):
+            raise ConfigError(f"{env_name('gate')} must be bundle, open or closed, not {self.gate!r}")
         if self.trigger_mode not in ("live", "every-event", "off"):
             raise ConfigError(f"{env_name('trigger_mode')} must be live, every-event or off, not {self.trigger_mode!r}")
         if self.event_loop not in ("aio", "uvloop"):

@@ -29,7 +29,7 @@ from stylestream.records import CATALOG, CLICKS, PURCHASES
 
 log = logging.getLogger(__name__)
 
-PATHS = ("llm", "id-only", "baseline")  # stylestream.recommender.RecommendResult.path
+PATHS = ("llm", "last-title", "id-only", "baseline")  # stylestream.recommender.RecommendResult.path
 # event's broker timestamp → recommendation produced: the fast paths answer in milliseconds,
 # the LLM path in tens to hundreds, its deadline and a stalled worker in seconds
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
@@ -153,6 +153,9 @@ class StreamMetrics:
                                                  lambda: stats.dead_lettered),
             "stylestream_recommendations": ("recommendations written to recs.out, by the path that made them",
                                             "path", lambda: {**dict.fromkeys(PATHS, 0), **stats.recs_by_path}),
+            "stylestream_gate_decisions": ("recommendations by the gate's decision before the LLM path (sent: "
+                                           "the LLM path was asked; declined: the fast path answered at once)",
+                                           "decision", lambda: {"sent": 0, "declined": 0, **stats.recs_by_gate}),
         }))
         self.lag = ConsumerLag(app, (CLICKS, PURCHASES))
         self.registry.register(self.lag)

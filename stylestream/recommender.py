@@ -1,8 +1,9 @@
 """The narrow interface between the stream workers and whatever ranks items.
 
-The baseline (popularity within recent categories), the ID-only fast path and the
-LLM + mix-up path over Ray Serve implement the same protocol, so the workers never
-know which one runs; each answer says which path produced it.
+The baseline (popularity within recent categories), the fast path (the last-title mix-up,
+or SASRec's ID-only view) and the LLM + mix-up path over Ray Serve behind its gate implement
+the same protocol, so the workers never know which one runs; each answer says which path
+produced it and, behind the gate, whether the gate sent it to the LLM path.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ class RecommendRequest:
 class RecommendResult:
     items: list[RecItem]
     generated_text: str = ""
-    path: str = "baseline"  # "llm" | "id-only" | "baseline"
+    path: str = "baseline"  # "llm" | "last-title" | "id-only" | "baseline"
     model_version: str = ""  # what answered (a bundle version, or the baseline's data version)
+    gate: str | None = None  # "sent" (the LLM path was asked) | "declined" | None (no LLM path)
+    gate_score: float | None = None  # the gate's probability that the LLM path answers better
 
 
 class Recommender(Protocol):

@@ -121,7 +121,8 @@ class RecItem(_Record):
     title: str
 
 
-RecPath = Literal["llm", "id-only", "baseline"]
+RecPath = Literal["llm", "last-title", "id-only", "baseline"]
+GateDecision = Literal["sent", "declined"]
 
 
 class Recommendation(_Record):
@@ -131,9 +132,15 @@ class Recommendation(_Record):
     items: list[RecItem]
     generated_text: str
     model_version: str
-    path: RecPath = Field(description="what answered: the LLM path, the ID-only fast path, or the baseline")
+    path: RecPath = Field(description="what answered: the LLM path, the fast path (last-title: the last-title mix-up; "
+                                      "id-only: SASRec alone), or the baseline")
     produced_at: float
     latency_ms: float
+    gate: GateDecision | None = Field(default=None, description="the gate before the LLM path: sent (the LLM path "
+                                                                "was asked; path says whether it answered in time) "
+                                                                "or declined; null without an LLM path")
+    gate_score: float | None = Field(default=None, description="the gate's probability that the LLM path answers "
+                                                               "better than the fast path")
 
 
 DEAD_LETTER_RAW_MAX_BYTES = 64 * 1024

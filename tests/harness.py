@@ -107,8 +107,10 @@ def served_stack(home: Path, bundle: Any, indexer: bool = False, **settings: Any
     from stylestream.devstack.processes import free_port
     from stylestream.records import RECS
 
+    # the gate open: these tests are about the LLM path, which the tiny bundle's gate may decline
     defaults = {"serve_port": free_port(), "ray_dashboard_port": free_port(), "trigger_every_clicks": 2,
-                "trigger_idle_seconds": 0, "serving_timeout_ms": 5000, "gen_min_replicas": 1, "gen_max_replicas": 1}
+                "trigger_idle_seconds": 0, "serving_timeout_ms": 5000, "gen_min_replicas": 1, "gen_max_replicas": 1,
+                "gate": "open"}
     config = Settings.from_env({"STYLESTREAM_HOME": str(home)}, bundle=bundle.folder, dataset=bundle.data_dir,
                                **{**defaults, **settings})
     stack = DevStack(config)

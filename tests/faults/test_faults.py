@@ -496,7 +496,7 @@ def test_serve_faults_cost_llm_answers_not_events(served_stream, tiny_bundle):
         recovery["app_redeployed"] = first_llm - redeployed_at
         recovery["app_outage_total"] = first_llm - deleted_at
     assert during, "recommendations went on while the application was gone"
-    assert all(r["path"] == "id-only" and r["items"] for r in during), {r["path"] for r in during}
+    assert all(r["path"] == "last-title" and r["items"] for r in during), {r["path"] for r in during}
     wait_for(lambda: worker.stats()["received"] >= shoppers.sent and worker.stats()["recs_pending"] == 0, 60,
              "every event processed")
     stats = worker.stats()

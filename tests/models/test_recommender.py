@@ -13,7 +13,7 @@ import pytest
 
 from models.bundle import MANIFEST, Bundle, BundleError
 from models.mixup import Fusion
-from models.recommender import ID_ONLY_PATH, LLM_PATH, History, MixupRecommender
+from models.recommender import FAST_PATH, ID_ONLY_PATH, LLM_PATH, History, MixupRecommender
 from models.train import ALWAYS_EXCLUDE
 
 pytestmark = pytest.mark.slow  # the session's tiny bundle takes ~15 s to train
@@ -164,3 +164,33 @@ def test_bundle_refuses_what_it_cannot_serve(tiny_bundle, tmp_path: Path):
         Bundle.load(broken)
     with pytest.raises(BundleError, match="trained on data"):
         Bundle.load(tiny_bundle.folder).require_data("0000")
+
+
+def test_fast_path_is_the_top_of_its_whole_catalog_scores(tiny_bundle):
+    """The last-title mix-up: the bundle's fast fusion (anchor 1: the last title is the whole
+    text query) through the same search, equal to the scores evaluation ranks; an empty LLM
+    text gets the same answer from recommend, and says so."""
+    rec = MixupRecommender(Bundle.load(tiny_bundle.folder))
+    assert rec.fast_fusion.anchor == 1.0 and "fast_fusion" in rec.bundle.manifest["encoders"]["lstm"]
+    hist = histories(rec.bundle)
+    fast = rec.recommend_fast(hist, k=10)
+    scores = rec.fast_answer_scores(hist, rec.user_states(hist))
+    for answer, row in zip(fast, scores, strict=True):
+        assert answer.path == FAST_PATH and not answer.generated_text and len(answer.items) == 10
+        assert [h.item_id for h in answer.items] == [rec.item_ids[j] for j in np.argsort(-row, kind="stable")[:10]]
+    mixed = rec.recommend(hist, k=10, texts=["", "a dress"] * (len(hist) // 2))
+    assert [a.path for a in mixed] == [FAST_PATH, LLM_PATH] * (len(hist) // 2)
+    assert [h.item_id for h in mixed[0].items] == [h.item_id for h in fast[0].items]
+
+
+@pytest.mark.parametrize("mode", ["open", "closed", "bundle"])
+def test_serve_is_the_gate_choosing_between_the_two_paths(tiny_bundle, mode):
+    rec = MixupRecommender(Bundle.load(tiny_bundle.folder), gate=mode)
+    hist = histories(rec.bundle)
+    texts = ["a dress"] * len(hist)
+    served = rec.serve(hist, k=10, texts=texts)
+    fast, llm = rec.recommend_fast(hist, k=10), rec.recommend(hist, k=10, texts=texts)
+    for s, f, m in zip(served, fast, llm, strict=True):
+        assert s.gate is not None and (s.gate.send if mode == "open" else not s.gate.send if mode == "closed" else True)
+        assert [h.item_id for h in s.items] == [h.item_id for h in (m if s.gate.send else f).items]
+        assert s.path == (LLM_PATH if s.gate.send else FAST_PATH)

@@ -25,7 +25,7 @@ from stylestream.records import CATALOG, CLICKS, PURCHASES, RECS
 def stream_stats(**counts: int) -> SimpleNamespace:
     """The fields of streams.agents.Stats (not imported: that would make the worker's Faust app)."""
     return SimpleNamespace(**{"received": 0, "processed": 0, "duplicates": 0, "dead_lettered": 0, **counts},
-                           recs_by_path=Counter())
+                           recs_by_path=Counter(), recs_by_gate=Counter())
 
 
 @pytest.mark.slow
@@ -81,6 +81,7 @@ def test_collectors_read_stats_and_the_consumer_at_scrape_time():
                                highwater=lambda tp: 120, _committed_offset={tp: 100})
     stats, pending = stream_stats(received=7, processed=5, duplicates=1, dead_lettered=1), {object()}
     stats.recs_by_path["llm"] += 2
+    stats.recs_by_gate["declined"] += 1
     first = StreamMetrics(SimpleNamespace(consumer=consumer), stats, pending)
     second = StreamMetrics(SimpleNamespace(consumer=consumer), stream_stats(), set())  # its own registry: no clash
     first.observe_latency("llm", 0.2)
@@ -88,7 +89,8 @@ def test_collectors_read_stats_and_the_consumer_at_scrape_time():
     families = {f.name: f.samples for f in text_string_to_metric_families(generate_latest(first.registry).decode())}
     assert metric_value(families, "stylestream_events_received_total") == 7
     assert metric_value(families, "stylestream_recommendations_total", path="llm") == 2
-    assert metric_value(families, "stylestream_recommendations_total", path="id-only") == 0
+    assert metric_value(families, "stylestream_recommendations_total", path="last-title") == 0
+    assert metric_value(families, "stylestream_gate_decisions_total", decision="declined") == 1
     assert metric_value(families, "stylestream_recommendation_latency_seconds_count", path="llm") == 2
     assert metric_value(families, "stylestream_recommendation_latency_seconds_bucket", path="llm", le="0.025") == 1
     assert metric_value(families, "stylestream_recs_pending") == 1

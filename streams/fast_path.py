@@ -1,0 +1,110 @@
+"""The fast path: the bundle's best answer that needs no LLM, computed in the worker.
+
+By default the last-title mix-up (:meth:`models.recommender.MixupRecommender.recommend_fast`):
+the shopper's last item's stored title vector as the text query, SASRec's state as the ID
+half, the bundle's fast fusion (repeat term and re-buy rule included), one search over the
+same stored item vectors the Milvus collection holds; no LLM and no encoder call, so the
+stream can always answer: when no Ray Serve application is configured, and whenever the LLM
+path is late, failing or saturated. ``kind="id-only"`` is SASRec's view alone (the fast path
+before the last-title mix-up, kept to measure against).
+
+With ``gate=True`` (the LLM path behind it) each answer also carries the gate's decision,
+read from that answer (:meth:`~models.recommender.MixupRecommender.decide`): whether the
+event is worth a call to the LLM path.
+
+Requests that arrive within ``window_ms`` of each other share one batched SASRec forward and
+one matrix product, which matters exactly when the LLM path is saturated and every answer
+comes from here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from models.bundle import Bundle
+from models.recommender import FAST_PATH, ID_ONLY_PATH, History, MixupRecommender
+from stylestream.recommender import RecommendRequest, RecommendResult
+from stylestream.records import RecItem
+
+OVERFETCH = 32  # extra candidates per answer, for items the catalog has since withdrawn
+KINDS = (FAST_PATH, ID_ONLY_PATH)
+
+
+class FastPathRecommender:
+    """``available(item_id)`` says whether the catalog still offers an item (deleted and
+    out-of-stock items are left out, as the Milvus search of the LLM path leaves them out);
+    ``category_of(item_id)`` the category of an item new in the catalog (the bundle does not
+    hold its title vector: its category's mean stands in)."""
+
+    def __init__(self, bundle: Bundle, kind: str = FAST_PATH, gate: str | None = None, max_batch: int = 32,
+                 window_ms: float = 2.0, available: Callable[[str], bool] | None = None,
+                 category_of: Callable[[str], str | None] | None = None):
+        if kind not in KINDS:
+            raise ValueError(f"the fast path is one of {', '.join(KINDS)}, not {kind!r}")
+        self.kind = kind
+        self.available = available or (lambda item: True)
+        torch.set_num_threads(1)  # small forwards: more threads only contend with the stream
+        self.rec = MixupRecommender(bundle, gate=gate or "bundle", category_of=category_of)
+        self.gated = gate is not None
+        self.model_version = bundle.version
+        self.titles = dict(zip(self.rec.item_ids, bundle.items()["title"].fillna("").astype(str), strict=True))
+        self.max_batch, self.window_s = max_batch, window_ms / 1000
+        self._waiting: list[tuple[RecommendRequest, asyncio.Future[RecommendResult]]] = []
+        self._flush_at: asyncio.TimerHandle | None = None
+        self.rec.index  # noqa: B018 - load SASRec and the item vectors now, not on the first event
+        self.rec.sasrec  # noqa: B018
+
+    @classmethod
+    def from_folder(cls, folder: Path, kind: str = FAST_PATH, gate: str | None = None,
+                    available: Callable[[str], bool] | None = None,
+                    category_of: Callable[[str], str | None] | None = None) -> FastPathRecommender:
+        return cls(Bundle.load(folder), kind, gate, available=available, category_of=category_of)
+
+    async def recommend(self, request: RecommendRequest) -> RecommendResult:
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[RecommendResult] = loop.create_future()
+        self._waiting.append((request, answer))
+        if len(self._waiting) >= self.max_batch:
+            self._flush()
+        elif self._flush_at is None:
+            self._flush_at = loop.call_later(self.window_s, self._flush)
+        return await answer
+
+    def _flush(self) -> None:
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+            self._flush_at = None
+        batch, self._waiting = self._waiting, []
+        live = [(request, answer) for request, answer in batch if not answer.done()]
+        if not live:
+            return
+        try:
+            results = self.answer([request for request, _ in live])
+        except Exception as exc:  # noqa: BLE001 - every waiting caller gets the error
+            for _, answer in live:
+                answer.set_exception(exc)
+            return
+        for (_, answer), result in zip(live, results, strict=True):
+            answer.set_result(result)
+
+    def answer(self, requests: list[RecommendRequest]) -> list[RecommendResult]:
+        """Synchronous: one batched SASRec forward and one matrix product for all requests;
+        the gate's decisions (when asked) read the answers before withdrawn items are dropped,
+        as evaluation reads them."""
+        histories = [History.of([h.item_id for h in r.history], [h.kind for h in r.history],
+                                [h.ts for h in r.history]) for r in requests]
+        k = max(r.k for r in requests) + OVERFETCH
+        ranked = (self.rec.recommend_fast(histories, k) if self.kind == FAST_PATH
+                  else self.rec.recommend_id_only(histories, k))
+        decisions = self.rec.decide(histories, ranked) if self.gated else [None] * len(ranked)
+        return [RecommendResult(items=[RecItem.model_construct(item_id=h.item_id, score=round(h.score, 6),
+                                                               title=self.titles.get(h.item_id, ""))
+                                       for h in one.items if self.available(h.item_id)][:r.k],
+                                path=one.path, model_version=self.model_version,
+                                gate=None if d is None else ("sent" if d.send else "declined"),
+                                gate_score=None if d is None else round(d.score, 4))
+                for r, one, d in zip(requests, ranked, decisions, strict=True)]
