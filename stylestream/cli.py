@@ -337,8 +337,8 @@ def replay_cmd(
             table.add_column(col)
         rows = {**result.by_path}
         if result.comparison.get("n"):
-            rows.update({"llm before a purchase": result.comparison["live"],
-                         "offline, same events": result.comparison["offline"]})
+            rows.update({"served before a purchase (live)": result.comparison["live"],
+                         "offline served system, same events": result.comparison["offline"]})
         for name, m in rows.items():
             table.add_row(name, f"{m[f'recall@{k}']:.4f}", f"{m[f'ndcg@{k}']:.4f}", f"{m[f'mrr@{k}']:.4f}",
                           f"{m['n']:,}")

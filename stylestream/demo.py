@@ -5,10 +5,12 @@
    built for this data set): SASRec, a title encoder, the LLM and its ONNX export.
 3. Starts the embedded broker, the Milvus Lite server (filled from the bundle), local
    Ray with the Serve application (Generator, Retriever, ingress), and a stream worker
-   whose recommender calls Serve with the ID-only fast path behind it.
+   whose fast path (the last-title mix-up) answers every event the bundle's gate declines
+   and whose LLM path (over Serve) answers the rest.
 4. Replays the test period's events in time order and shows events/s, recommendations
-   by answering path, dead letters and latency live; then prints LLM answers (generated
-   text beside the retrieved items) and stops everything it started.
+   by answering path and gate decision, dead letters and latency live; then, in a quiet
+   moment, a few shoppers' fast-path top 5 beside the LLM path's with the gate's decision,
+   and stops everything it started.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import json
 import shutil
 import threading
 import time
+import urllib.parse
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +69,7 @@ class DemoSummary:
     recs_published: int
     recs_llm: int
     recs_fast_path: int
+    recs_gate_declined: int
     latency_p50_ms: float
     latency_p99_ms: float
     llm_latency_p50_ms: float
@@ -163,7 +168,7 @@ def run_demo(settings: Settings, users: int = 600, items: int = 1000, seed: int 
                 if not replayer.is_alive() and stats["received"] >= expected and _settled(watch, stats):
                     break
                 time.sleep(0.25)
-        _quiet_moment(console, bootstrap, test, data.data_hash()[:8], watch, worker)
+        _quiet_moment(console, bootstrap, test, data.data_hash()[:8], watch, worker, bundle, serving)
         watch.close()
         summary = _summarise(progress, stats, watch, test, run_settings.recs_k, bundle.version,
                              time.monotonic() - started)
@@ -173,17 +178,16 @@ def run_demo(settings: Settings, users: int = 600, items: int = 1000, seed: int 
 
 
 def _quiet_moment(console: Console, bootstrap: str, test: pd.DataFrame, prefix: str, watch: Watch,
-                  worker: Any, n: int = 3, timeout: float = 90.0) -> None:
-    """A few more purchases, one at a time: with the Generator idle, the LLM path answers them.
-
-    Under the replay's load most answers come from the fast path (on 2 CPU cores one LLM
-    answer costs about a second); here the LLM's own answers are shown.
-    """
+                  worker: Any, bundle: Bundle, serving_url: str, n: int = 3, timeout: float = 90.0) -> None:
+    """A few more purchases, one at a time; for each shopper, the fast path's top 5 beside
+    the LLM path's (asked of Serve directly, whatever the gate said) and the gate's decision
+    with its score, so a newcomer sees what each path adds."""
     from kafka import KafkaProducer
 
-    console.log(f"a quiet moment: {n} more purchases, one at a time, for the LLM path to answer")
+    console.log(f"a quiet moment: {n} more purchases, one at a time; each shopper's fast path beside the LLM path")
     producer = KafkaProducer(bootstrap_servers=bootstrap)
     buys = test[test["kind"] == "purchase"].tail(n)
+    shown = []
     for idx, user, item in zip(buys.index, buys["user_id"], buys["item_id"], strict=True):
         event_id = f"{prefix}q-{idx}"  # ends in the row index, like replayed ids (see _trigger_time)
         value = {"event_id": event_id, "user_id": user, "item_id": item, "ts": time.time()}
@@ -192,9 +196,52 @@ def _quiet_moment(console: Console, bootstrap: str, test: pd.DataFrame, prefix: 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not any(r["trigger_event_id"] == event_id for r in watch.recs):
             time.sleep(0.2)
+        rec = next((r for r in watch.recs if r["trigger_event_id"] == event_id), None)
+        if rec is not None:
+            shown.append((str(user), rec))
     producer.close()
     while worker.stats()["recs_pending"]:
         time.sleep(0.2)
+    for user, rec in shown:
+        _two_paths(console, user, rec, worker, bundle, serving_url)
+
+
+def _two_paths(console: Console, user: str, rec: dict, worker: Any, bundle: Bundle, serving_url: str) -> None:
+    """One shopper: the fast path's answer and the LLM path's, for the history the worker holds."""
+    from models.recommender import History, MixupRecommender
+
+    events = worker.get(f"/users/{urllib.parse.quote(user)}/").get("events", [])
+    history = History.of([e[1] for e in events], [e[2] for e in events], [e[3] for e in events])
+    fast = MixupRecommender(bundle).recommend_fast([history], k=5)[0]
+    titles = dict(zip(bundle.items()["item_id"].astype(str), bundle.items()["title"].fillna(""), strict=True))
+    try:
+        llm = _post(f"{serving_url}/recommend", {"user_id": user, "k": 5, "history": [
+            {"item_id": e[1], "kind": e[2], "ts": e[3]} for e in events[-200:]]})
+    except OSError as exc:
+        llm = {"items": [], "generated_text": f"(the LLM path did not answer: {exc})"}
+    gate = rec.get("gate")
+    verdict = ("no gate" if gate is None else f"gate {gate} (its score {rec.get('gate_score', 0):.2f}: the "
+               "probability that the LLM path answers better)")
+    table = Table(title=f"shopper {user} ({len(events)} events): recs.out got the {rec.get('path')} answer; "
+                        f"{verdict}", title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("fast path")
+    table.add_column("LLM path")
+    table.add_row("", "[dim]query: the last item's title[/dim]",
+                  f"[bold]LLM wrote[/bold] {llm.get('generated_text', '')}")
+    for i in range(5):
+        f = fast.items[i] if i < len(fast.items) else None
+        g = llm["items"][i] if i < len(llm["items"]) else None
+        left = f"{titles.get(f.item_id, f.item_id)} [dim]{f.score:.3f}[/dim]" if f else ""
+        right = f"{g['title'] or titles.get(g['item_id'], g['item_id'])} [dim]{g['score']:.3f}[/dim]" if g else ""
+        table.add_row(str(i + 1), left, right)
+    console.print(table)
+
+
+def _post(url: str, body: dict) -> dict:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        return json.loads(resp.read())
 
 
 def _inject_malformed(bootstrap: str) -> None:
@@ -222,6 +269,9 @@ def _table(progress: ReplayProgress, stats: dict, watch: Watch) -> Table:
     table.add_row("events processed", f"{stats['processed']:,}  (duplicates dropped {stats['duplicates']})")
     table.add_row("recommendations", f"{len(watch.recs):,} on recs.out, {stats.get('recs_pending', 0)} in flight")
     table.add_row("answered by", ", ".join(f"{p} {n:,}" for p, n in paths.most_common()) or "–")
+    gates = Counter(r.get("gate") for r in watch.recs if r.get("gate"))
+    if gates:
+        table.add_row("gate before the LLM", ", ".join(f"{g} {n:,}" for g, n in gates.most_common()))
     table.add_row("dead letters", f"{len(watch.dead)} on events.dlq")
     if lat:
         p50, p99 = np.percentile(lat, [50, 99])
@@ -236,9 +286,11 @@ def _summarise(progress: ReplayProgress, stats: dict, watch: Watch, test: pd.Dat
     lat = [r["latency_ms"] for r in watch.recs] or [float("nan")]
     llm = [r["latency_ms"] for r in watch.recs if r.get("path") == "llm"] or [float("nan")]
     n_llm = sum(r.get("path") == "llm" for r in watch.recs)
+    declined = sum(r.get("gate") == "declined" for r in watch.recs)
     return DemoSummary(events_sent=progress.sent, events_per_s=round(progress.rate, 1),
                        processed=stats["processed"], dead_lettered=len(watch.dead),
                        recs_published=len(watch.recs), recs_llm=n_llm, recs_fast_path=len(watch.recs) - n_llm,
+                       recs_gate_declined=declined,
                        latency_p50_ms=round(float(np.percentile(lat, 50)), 2),
                        latency_p99_ms=round(float(np.percentile(lat, 99)), 2),
                        llm_latency_p50_ms=round(float(np.percentile(llm, 50)), 2),

@@ -6,14 +6,15 @@ sequence table and trigger nothing), then their events of the evaluated period i
 order, at ``speed`` × real time or as fast as the system takes them. It listens on
 ``recs.out`` and joins each recommendation with what the shopper bought next.
 
-The report gives Recall@K, NDCG@K and MRR@K by answering path, catalog coverage, the
-latency distribution, throughput and the fallback share. For the comparison with the
-offline evaluation it takes the recommendations made just before a purchase (the next
-event of the shopper is that purchase): their history is exactly the history ``eval``
-gives that purchase, so the in-process computation ``eval`` scores
-(:class:`models.recommender.MixupRecommender`) is run on the same histories and the two
-are compared answer by answer. With the ``live`` trigger a recommendation is made only
-when the trigger fires, so fewer purchases are preceded by one; ``every-event`` (the
+The report gives Recall@K, NDCG@K and MRR@K of the served system (every answer, whichever
+path gave it) and by answering path, the gate's decisions, catalog coverage, the latency
+distribution, throughput and the fallback share. For the comparison with the offline
+evaluation it takes the recommendations made just before a purchase (the next event of the
+shopper is that purchase): their history is exactly the history ``eval`` gives that
+purchase, so the in-process served system (:meth:`models.recommender.MixupRecommender.serve`:
+the fast path, the gate, the LLM path for what it sends) is run on the same histories and
+the two are compared answer by answer. With the ``live`` trigger a recommendation is made
+only when the trigger fires, so fewer purchases are preceded by one; ``every-event`` (the
 default here) recommends at every event, for the comparison.
 """
 
@@ -34,8 +35,8 @@ from rich.console import Console
 from models.bundle import Bundle
 from models.data import Dataset
 from models.evaluate import json_default, pyplot, save_figure
-from models.metrics import mrr, ndcg_at_k, recall_at_k
-from models.recommender import History, MixupRecommender
+from models.metrics import bootstrap_ci, epoch_seconds, mrr, ndcg_at_k, recall_at_k
+from models.recommender import LLM_PATH, History, MixupRecommender
 from stylestream.config import Settings
 from stylestream.records import RECS
 
@@ -106,17 +107,20 @@ def join_next_purchases(recs: list[dict[str, Any]], data: Dataset, plan: ReplayP
         target = str(buys["item_id"].iloc[0]) if len(buys) else None
         next_is_buy = len(later) > 0 and later["kind"].iloc[0] == "purchase" and later.index[0] in in_period
         rows.append({"user_id": user, "trigger_event_id": rec["trigger_event_id"], "path": rec["path"],
+                     "gate": rec.get("gate"),
                      "items": [i["item_id"] for i in rec["items"]], "generated_text": rec.get("generated_text", ""),
                      "latency_ms": rec["latency_ms"], "produced_at": rec["produced_at"], "target": target,
                      "comparable": bool(next_is_buy),
                      "history": g["item_id"].iloc[:j + 1].astype(str).tolist(),
-                     "kinds": g["kind"].iloc[:j + 1].astype(str).tolist()})
+                     "kinds": g["kind"].iloc[:j + 1].astype(str).tolist(),
+                     "times": epoch_seconds(g["ts"].iloc[:j + 1])})
     return pd.DataFrame(rows)
 
 
 def ranks_of(lists: list[list[str]], targets: list[str]) -> np.ndarray:
-    """1-based rank of each target in its answer; inf when absent (beyond K)."""
-    return np.array([lst.index(t) + 1 if t in lst else np.inf for lst, t in zip(lists, targets, strict=True)])
+    """0-based rank of each target in its answer (as :func:`models.metrics.target_ranks`
+    counts); inf when absent (beyond K)."""
+    return np.array([lst.index(t) if t in lst else np.inf for lst, t in zip(lists, targets, strict=True)])
 
 
 def metrics(lists: list[list[str]], targets: list[str], k: int) -> dict[str, Any]:
@@ -124,25 +128,37 @@ def metrics(lists: list[list[str]], targets: list[str], k: int) -> dict[str, Any
     return {f"recall@{k}": recall_at_k(r, k), f"ndcg@{k}": ndcg_at_k(r, k), f"mrr@{k}": mrr(r), "n": int(len(r))}
 
 
-def offline_answers(bundle: Bundle, joined: pd.DataFrame, k: int) -> tuple[list[list[str]], list[str]]:
-    """What ``eval``'s computation answers for the same histories (in process, same bundle)."""
-    rec = MixupRecommender(bundle, engine="onnx", device="cpu")
-    histories = [History.of(h, kd) for h, kd in zip(joined["history"], joined["kinds"], strict=True)]
-    ranked = rec.recommend(histories, k=k) if histories else []
-    return [[h.item_id for h in r.items] for r in ranked], [r.generated_text for r in ranked]
+def offline_answers(bundle: Bundle, joined: pd.DataFrame, k: int, gate: str = "bundle"
+                    ) -> tuple[list[list[str]], list[str], list[str]]:
+    """What ``eval``'s computation answers for the same histories (in process, same bundle,
+    same gate): items, generated texts and answering paths."""
+    rec = MixupRecommender(bundle, engine="onnx", device="cpu", gate=gate)
+    histories = [History.of(h, kd, t) for h, kd, t in zip(joined["history"], joined["kinds"], joined["times"],
+                                                          strict=True)]
+    ranked = rec.serve(histories, k=k) if histories else []
+    return ([[h.item_id for h in r.items] for r in ranked], [r.generated_text for r in ranked],
+            [r.path for r in ranked])
 
 
-def compare_with_offline(bundle: Bundle, joined: pd.DataFrame, k: int) -> dict[str, Any]:
-    """Live ``llm`` answers made just before a purchase against the offline ones, event by event."""
-    same = joined[(joined["path"] == "llm") & joined["comparable"]].reset_index(drop=True)
+def compare_with_offline(bundle: Bundle, joined: pd.DataFrame, k: int, gate: str = "bundle") -> dict[str, Any]:
+    """The served system's live answers made just before a purchase against the in-process
+    served system's (fast path, gate, LLM path) for the same histories, event by event.
+    Live answers of the fast path that stood in for a late or failed LLM answer (the gate
+    sent them) are counted apart: the offline computation has no deadline."""
+    same = joined[joined["comparable"]].reset_index(drop=True)
     if same.empty:
         return {"n": 0}
-    offline, texts = offline_answers(bundle, same, k)
+    offline, texts, paths = offline_answers(bundle, same, k, gate)
     live = same["items"].tolist()
     targets = same["target"].tolist()
+    stood_in = [lp != LLM_PATH and g == "sent" for lp, g in zip(same["path"], same["gate"], strict=True)]
     return {"n": int(len(same)), "live": metrics(live, targets, k), "offline": metrics(offline, targets, k),
             "identical_top_k": float(np.mean([a == b for a, b in zip(live, offline, strict=True)])),
+            "identical_path": float(np.mean([a == b for a, b in zip(same["path"], paths, strict=True)])),
             "identical_text": float(np.mean([a == b for a, b in zip(same["generated_text"], texts, strict=True)])),
+            "live_by_path": same["path"].value_counts().to_dict(),
+            "offline_by_path": pd.Series(paths).value_counts().to_dict(),
+            "fast_path_stood_in": int(sum(stood_in)),
             "differences": [{"user_id": u, "live": a, "offline": b}
                             for u, a, b in zip(same["user_id"], live, offline, strict=True) if a != b][:5]}
 
@@ -151,7 +167,7 @@ def summarise(joined: pd.DataFrame, recs: list[dict[str, Any]], n_items: int, k:
               events: int) -> dict[str, Any]:
     scored = joined[joined["target"].notna()]
     by_path = {p: metrics(g["items"].tolist(), g["target"].tolist(), k) for p, g in scored.groupby("path")}
-    by_path["all"] = metrics(scored["items"].tolist(), scored["target"].tolist(), k)
+    by_path["served (all paths)"] = metrics(scored["items"].tolist(), scored["target"].tolist(), k)
     frame = pd.DataFrame({"path": [r["path"] for r in recs], "ms": [r["latency_ms"] for r in recs]})
     paths = frame["path"].value_counts().to_dict()
     recommended = {i for r in recs for i in (x["item_id"] for x in r["items"])}
@@ -167,6 +183,8 @@ def summarise(joined: pd.DataFrame, recs: list[dict[str, Any]], n_items: int, k:
         "coverage": {"items_recommended": len(recommended), "catalog": n_items,
                      "share": round(len(recommended) / max(n_items, 1), 4)},
         "counts": {"recommendations": len(recs), "by_path": paths,
+                   "by_gate": pd.Series([r.get("gate") or "none" for r in recs]).value_counts().to_dict()
+                   if recs else {},
                    "fallback_share": round(1 - paths.get("llm", 0) / max(len(recs), 1), 4),
                    "scored": int(len(scored)), "without_next_purchase": int(joined["target"].isna().sum()),
                    "comparable": int(joined["comparable"].sum())},
@@ -198,7 +216,7 @@ def run_replay_evaluation(settings: Settings, data: Dataset, dataset_dir: Path, 
         home=settings.home / "replay-run", dataset=dataset_dir,
         bundle=bundle.folder, trigger_mode=trigger, trigger_from_ts=plan.period_start_s,
         sequence_length=max(settings.sequence_length, plan.longest_history), trigger_idle_seconds=0.0,
-        serving_timeout_ms=settings.serving_timeout_ms,
+        serving_timeout_ms=settings.serving_timeout_ms, gate=settings.gate, fast_path=settings.fast_path,
         # Back-pressure keeps about max_pending open; room above it, so the gate's lag is not an overload.
         serving_max_in_flight=max(settings.serving_max_in_flight, 2 * max_pending if speed <= 0 else 0),
         gen_max_replicas=settings.gen_max_replicas, serve_port=settings.serve_port,
@@ -245,9 +263,10 @@ def run_replay_evaluation(settings: Settings, data: Dataset, dataset_dir: Path, 
     joined = join_next_purchases(recs, data, plan, prefix)
     k = run.recs_k
     summary = summarise(joined, recs, len(bundle.items()), k, seconds, len(plan.period))
-    comparison = compare_with_offline(bundle, joined, k)
+    comparison = compare_with_offline(bundle, joined, k, run.gate)
     result = ReplayResult(
         config={"dataset": data.name, "period": period, "users": len(plan.users), "speed": speed, "trigger": trigger,
+                "gate": run.gate,
                 "max_pending": max_pending if speed <= 0 else None, "k": k, "bundle": bundle.version,
                 "sequence_length": run.sequence_length, "serving_timeout_ms": run.serving_timeout_ms,
                 "warm_up_events": len(plan.warm), "period_events": len(plan.period)},
@@ -268,23 +287,26 @@ def notes_for(comparison: dict[str, Any], trigger: str) -> list[str]:
     if comparison.get("n"):
         same = comparison["identical_top_k"]
         if same == 1.0:
-            notes.append("Every live `llm` answer made just before a purchase equals the offline computation's "
+            notes.append("Every live answer made just before a purchase equals the offline served system's "
                          "answer for the same history: the figures agree exactly.")
         else:
-            notes.append(f"{100 * (1 - same):.1f}% of live `llm` answers differ from the offline computation's "
-                         f"(generated text identical in {100 * comparison['identical_text']:.1f}%): the Generator "
-                         "batches concurrent prompts with left padding, and a padded batch's float arithmetic can "
-                         "turn a greedy choice; ties in Milvus's order can swap equal scores.")
+            notes.append(f"{100 * (1 - same):.1f}% of live answers differ from the offline served system's "
+                         f"(the same path in {100 * comparison['identical_path']:.1f}%, generated text identical in "
+                         f"{100 * comparison['identical_text']:.1f}%): the fast path stands in for LLM answers that "
+                         "miss the deadline; the Generator batches concurrent prompts with left padding, and a "
+                         "padded batch's float arithmetic can turn a greedy choice; ties in Milvus's order can swap "
+                         "equal scores.")
     else:
-        notes.append("No live `llm` answer was made just before a purchase: no like-for-like comparison possible "
-                     "(the fallback answered them, or the trigger never fired there).")
+        notes.append("No live answer was made just before a purchase: no like-for-like comparison possible "
+                     "(the trigger never fired there).")
     return notes
 
 
 def write_replay_report(result: ReplayResult, joined: pd.DataFrame, recs: list[dict[str, Any]], out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "replay.json").write_text(json.dumps(asdict(result), indent=2, default=json_default))
-    joined.drop(columns=["history", "kinds"]).to_json(out / "recommendations.jsonl", orient="records", lines=True)
+    joined.drop(columns=["history", "kinds", "times"]).to_json(out / "recommendations.jsonl", orient="records",
+                                                             lines=True)
     plot_latency(recs, out / "latency.png")
     plot_paths(result, out / "metrics_by_path.png")
     (out / "README.md").write_text(replay_markdown(result))
@@ -299,20 +321,24 @@ def replay_markdown(r: ReplayResult) -> str:
              f"Bundle `{c['bundle']}`; {c['users']} shoppers, {c['warm_up_events']:,} warm-up events, "
              f"{c['period_events']:,} replayed events ({pace}), "
              f"trigger `{c['trigger']}`, deadline {c['serving_timeout_ms']:,.0f} ms.", "",
-             "## Accuracy by answering path", "",
-             f"| path | Recall@{k} | NDCG@{k} | MRR@{k} | scored |", "|---|---|---|---|---|"]
+             "## Accuracy: the served system and each answering path", "",
+             f"| answers | Recall@{k} | NDCG@{k} | MRR@{k} | scored |", "|---|---|---|---|---|"]
     for path, m in r.by_path.items():
         lines.append(f"| {path} | {m[f'recall@{k}']:.4f} | {m[f'ndcg@{k}']:.4f} | {m[f'mrr@{k}']:.4f} | {m['n']:,} |")
+    gates = ", ".join(f"{g} {n:,}" for g, n in r.counts.get("by_gate", {}).items())
+    lines += ["", f"The gate (`{c.get('gate', 'bundle')}`): {gates}."]
     cmp = r.comparison
-    lines += ["", "## Against the offline evaluation (same events, same bundle)", ""]
+    lines += ["", "## Against the offline evaluation (same events, same bundle, same gate)", ""]
     if cmp.get("n"):
-        lines += [f"| computation | Recall@{k} | NDCG@{k} | MRR@{k} | events |", "|---|---|---|---|---|"]
+        lines += [f"| served system | Recall@{k} | NDCG@{k} | MRR@{k} | events |", "|---|---|---|---|---|"]
         for name in ("live", "offline"):
             m = cmp[name]
             lines.append(f"| {name} | {m[f'recall@{k}']:.4f} | {m[f'ndcg@{k}']:.4f} | {m[f'mrr@{k}']:.4f} | "
                          f"{m['n']:,} |")
-        lines += ["", f"Identical top {k}: {100 * cmp['identical_top_k']:.1f}% of answers; identical generated text: "
-                      f"{100 * cmp['identical_text']:.1f}%."]
+        lines += ["", f"Identical top {k}: {100 * cmp['identical_top_k']:.1f}% of answers; the same answering path: "
+                      f"{100 * cmp['identical_path']:.1f}%; identical generated text: "
+                      f"{100 * cmp['identical_text']:.1f}%; the fast path stood in for a late or failed LLM answer "
+                      f"{cmp['fast_path_stood_in']:,} times."]
     paths = ", ".join(f"{p} {n:,}" for p, n in r.counts["by_path"].items())
     lat = r.latency_ms
     lines += ["", *[f"- {n}" for n in r.notes], "", "## Live figures", "",
@@ -346,15 +372,29 @@ def plot_latency(recs: list[dict[str, Any]], path: Path) -> None:
 
 
 def plot_paths(result: ReplayResult, path: Path) -> None:
+    """Recall@K of each group of answers, with its 95% bootstrap interval and the number of
+    events it rests on (a bar resting on one event must not look like a finding)."""
     plt = pyplot()
     k = result.config["k"]
-    names = list(result.by_path)
+    groups = {n: m for n, m in result.by_path.items()}
     if result.comparison.get("n"):
-        names += ["llm before a purchase (live)", "same events (offline)"]
-    values = [result.by_path[n][f"recall@{k}"] for n in result.by_path]
-    if result.comparison.get("n"):
-        values += [result.comparison["live"][f"recall@{k}"], result.comparison["offline"][f"recall@{k}"]]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.barh(names, values, color="#4c72b0")
-    ax.set_xlabel(f"Recall@{k}")
+        groups["served before a purchase (live)"] = result.comparison["live"]
+        groups["same events (offline)"] = result.comparison["offline"]
+    names = [f"{n} (n={m['n']:,})" for n, m in groups.items()]
+    values = np.array([m[f"recall@{k}"] for m in groups.values()])
+    ci = np.array([_recall_ci(m[f"recall@{k}"], m["n"]) for m in groups.values()]).reshape(-1, 2)
+    err = np.clip(np.vstack([values - ci[:, 0], ci[:, 1] - values]), 0, None)
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(names) + 1.5))
+    ax.barh(names, values, xerr=err, capsize=3, color="#4c72b0")
+    ax.set_xlabel(f"Recall@{k} (95% bootstrap CI)")
+    ax.set_xlim(0, 1)
     save_figure(fig, path)
+
+
+def _recall_ci(recall: float, n: int) -> tuple[float, float]:
+    """The bootstrap interval of a recall over ``n`` events (the hits' order does not matter)."""
+    if n == 0:
+        return (0.0, 0.0)
+    hits = np.zeros(n)
+    hits[:round(recall * n)] = 1.0
+    return bootstrap_ci(hits)
