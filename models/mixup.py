@@ -263,6 +263,8 @@ class MixupIndex:
             raise ValueError(f"{len(self.item_ids)} ids but {len(self.vectors)} vectors")
         self.available = (np.ones(len(self.item_ids), bool) if available is None
                           else np.asarray(available, dtype=bool))
+        self._all_available = bool(self.available.all())
+        self.ivf: IvfIndex | None = None
         self.index = {item: i for i, item in enumerate(self.item_ids)}
 
     @classmethod
@@ -281,28 +283,106 @@ class MixupIndex:
                exclude: Sequence[str] | Sequence[Sequence[str]] | None = None
                ) -> list[Hit] | list[list[Hit]]:
         """The ``k`` best available items, best first; ``exclude`` lists item ids to leave
-        out (one list for a single query, one list per query for a batch)."""
+        out (one list for a single query, one list per query for a batch). Exact: one matrix
+        product and one partial sort for the whole batch; through :meth:`approximate`'s index,
+        the items of each query's nearest lists only."""
         single = np.asarray(q).ndim == 1
-        scores = np.atleast_2d(self.scores(q)).astype(np.float64)
-        scores[:, ~self.available] = -np.inf
+        if self.ivf is not None:
+            out = self._search_lists(np.atleast_2d(np.asarray(q, np.float32)), k,
+                                     [exclude] if single else (exclude or [None] * len(np.atleast_2d(q))))
+            return out[0] if single else out
+        scores = np.atleast_2d(self.scores(q))
+        if not self._all_available:
+            scores[:, ~self.available] = -np.inf
         excl = [exclude] if single else (exclude or [None] * len(scores))
-        out = [self._top(row, k, ex) for row, ex in zip(scores, excl, strict=True)]
+        for r, ex in enumerate(excl):
+            if ex:
+                scores[r, [self.index[i] for i in ex if i in self.index]] = -np.inf
+        top = top_k_matrix(scores, k)
+        out = [[Hit(str(self.item_ids[i]), float(row[i])) for i in best if np.isfinite(row[i])]
+               for row, best in zip(scores, top, strict=True)]
         return out[0] if single else out
 
-    def _top(self, scores: np.ndarray, k: int, exclude: Sequence[str] | None) -> list[Hit]:
-        if exclude:
-            scores[[self.index[i] for i in exclude if i in self.index]] = -np.inf
-        return [Hit(str(self.item_ids[i]), float(scores[i])) for i in top_k_rows(scores, k)]
+
+    def approximate(self, ivf: IvfIndex | None) -> MixupIndex:
+        """Search through ``ivf`` from now on (None: exactly again); scores stay exact."""
+        self.ivf = ivf
+        return self
+
+    def _search_lists(self, q: np.ndarray, k: int, exclude: Sequence[Sequence[str] | None]) -> list[list[Hit]]:
+        assert self.ivf is not None
+        out = []
+        for row, ex in zip(q, exclude, strict=True):
+            rows, scores = self.ivf.scores(row)
+            if not self._all_available:
+                scores[~self.available[rows]] = -np.inf
+            if ex:
+                scores[np.isin(rows, [self.index[i] for i in ex if i in self.index])] = -np.inf
+            best = top_k_matrix(scores[None], k)[0]
+            out.append([Hit(str(self.item_ids[rows[i]]), float(scores[i])) for i in best if np.isfinite(scores[i])])
+        return out
+
+
+class IvfIndex:
+    """Approximate inner-product search for large catalogues (an inverted file, as Milvus's
+    IVF_FLAT): the stored vectors grouped into lists by k-means; a query scores the lists'
+    centroids, then exactly the items of its ``nprobe`` best lists. A query then reads about
+    ``nprobe / lists`` of the vectors instead of all of them (exact search reads every stored
+    vector for every query, so its cost grows with the catalogue)."""
+
+    def __init__(self, centroids: np.ndarray, order: np.ndarray, starts: np.ndarray, vectors: np.ndarray,
+                 nprobe: int):
+        self.centroids = centroids  # [lists, d]
+        self.order = order  # item rows, list by list
+        self.starts = starts  # [lists + 1]: list c holds order[starts[c]:starts[c + 1]]
+        self.vectors = vectors  # the stored vectors in ``order``: each list is one contiguous block
+        self.nprobe = nprobe
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, lists: int | None = None, nprobe: int | None = None, iters: int = 8,
+              sample: int = 20_000, seed: int = 0) -> IvfIndex:
+        """k-means (inner-product assignment) on a sample of the rows, then every row to its list.
+        Defaults: √n lists, 1/16 of them probed."""
+        x = np.asarray(vectors, np.float32)
+        n = len(x)
+        lists = max(1, min(n, lists or round(np.sqrt(n))))
+        nprobe = max(1, min(lists, nprobe or -(-lists // 16)))
+        rng = np.random.default_rng(seed)
+        train = x[rng.choice(n, min(n, max(sample, lists)), replace=False)]
+        centroids = train[rng.choice(len(train), lists, replace=False)].copy()
+        for _ in range(iters):
+            assign = np.argmax(train @ centroids.T, axis=1)
+            for c in np.unique(assign):
+                centroids[c] = train[assign == c].mean(axis=0)
+        assign = np.concatenate([np.argmax(x[lo:lo + 8192] @ centroids.T, axis=1) for lo in range(0, n, 8192)])
+        order = np.argsort(assign, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(np.bincount(assign, minlength=lists))])
+        return cls(centroids, order, starts, x[order], nprobe)
+
+    def scores(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(item rows, their exact scores) of the query's ``nprobe`` nearest lists."""
+        lists = top_k_matrix((self.centroids @ q)[None], self.nprobe)[0]
+        spans = [(self.starts[c], self.starts[c + 1]) for c in lists]
+        rows = np.concatenate([self.order[a:b] for a, b in spans])
+        scores = np.concatenate([self.vectors[a:b] @ q for a, b in spans]).astype(np.float32)
+        return rows, scores
 
 
 def top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` best finite scores, best first; ties in catalog order."""
-    k = min(k, len(scores))
-    if k <= 0:
-        return np.zeros(0, dtype=np.int64)
-    best = np.argpartition(-scores, k - 1)[:k]
-    best = best[np.lexsort((best, -scores[best]))]
+    best = top_k_matrix(np.atleast_2d(scores), k)[0]
     return best[np.isfinite(scores[best])]
+
+
+def top_k_matrix(scores: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the indices of the ``k`` best scores [rows, k], best first; ties in catalog order."""
+    k = min(k, scores.shape[1])
+    if k <= 0:
+        return np.zeros((len(scores), 0), dtype=np.int64)
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    vals = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -vals))
+    return np.take_along_axis(part, order, axis=1)
 
 
 # -- ID embeddings for new items ---------------------------------------------------------------

@@ -100,13 +100,14 @@ def make_recommender(s: Settings) -> Recommender:
     from streams.fast_path import FastPathRecommender
 
     if mode == "fast":
-        return FastPathRecommender.from_folder(s.bundle_dir, s.fast_path, available=offered, category_of=category_of)
+        return FastPathRecommender.from_folder(s.bundle_dir, s.fast_path, available=offered, category_of=category_of,
+                                               search=s.fast_path_search)
     if not s.serving_url:
         raise ConfigError("STYLESTREAM_RECOMMENDER=serving needs STYLESTREAM_SERVING_URL (the Serve ingress)")
     from streams.serving_recommender import ServingRecommender
 
     fast = FastPathRecommender.from_folder(s.bundle_dir, s.fast_path, gate=s.gate, available=offered,
-                                           category_of=category_of)
+                                           category_of=category_of, search=s.fast_path_search)
     return ServingRecommender(s.serving_url, fast, timeout_s=s.serving_timeout_ms / 1000,
                               max_in_flight=s.serving_max_in_flight, max_history=s.max_request_history)
 

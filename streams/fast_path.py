@@ -14,24 +14,33 @@ event is worth a call to the LLM path.
 
 Requests that arrive within ``window_ms`` of each other share one batched SASRec forward and
 one matrix product, which matters exactly when the LLM path is saturated and every answer
-comes from here.
+comes from here. An exact search reads every stored vector for every query, so above
+``IVF_ABOVE`` items the search goes through an in-process inverted file
+(:class:`models.mixup.IvfIndex`; ``STYLESTREAM_FAST_PATH_SEARCH``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from models.bundle import Bundle
+from models.mixup import IvfIndex
 from models.recommender import FAST_PATH, ID_ONLY_PATH, History, MixupRecommender
 from stylestream.recommender import RecommendRequest, RecommendResult
 from stylestream.records import RecItem
 
+log = logging.getLogger(__name__)
+
 OVERFETCH = 32  # extra candidates per answer, for items the catalog has since withdrawn
 KINDS = (FAST_PATH, ID_ONLY_PATH)
+SEARCHES = ("auto", "exact", "ivf")
+IVF_ABOVE = 50_000  # "auto": the approximate index for catalogues larger than this
 
 
 class FastPathRecommender:
@@ -42,9 +51,11 @@ class FastPathRecommender:
 
     def __init__(self, bundle: Bundle, kind: str = FAST_PATH, gate: str | None = None, max_batch: int = 32,
                  window_ms: float = 2.0, available: Callable[[str], bool] | None = None,
-                 category_of: Callable[[str], str | None] | None = None):
+                 category_of: Callable[[str], str | None] | None = None, search: str = "auto"):
         if kind not in KINDS:
             raise ValueError(f"the fast path is one of {', '.join(KINDS)}, not {kind!r}")
+        if search not in SEARCHES:
+            raise ValueError(f"the fast path's search is one of {', '.join(SEARCHES)}, not {search!r}")
         self.kind = kind
         self.available = available or (lambda item: True)
         torch.set_num_threads(1)  # small forwards: more threads only contend with the stream
@@ -55,14 +66,20 @@ class FastPathRecommender:
         self.max_batch, self.window_s = max_batch, window_ms / 1000
         self._waiting: list[tuple[RecommendRequest, asyncio.Future[RecommendResult]]] = []
         self._flush_at: asyncio.TimerHandle | None = None
-        self.rec.index  # noqa: B018 - load SASRec and the item vectors now, not on the first event
-        self.rec.sasrec  # noqa: B018
+        self.rec.sasrec  # noqa: B018 - load SASRec and the item vectors now, not on the first event
+        if search == "ivf" or (search == "auto" and len(self.rec.index) > IVF_ABOVE):
+            started = time.perf_counter()
+            self.rec.index.approximate(IvfIndex.build(self.rec.index.vectors))
+            log.info("fast path: an inverted file over %d items (%d lists, %d probed) built in %.1f s",
+                     len(self.rec.index), len(self.rec.index.ivf.centroids), self.rec.index.ivf.nprobe,
+                     time.perf_counter() - started)
 
     @classmethod
     def from_folder(cls, folder: Path, kind: str = FAST_PATH, gate: str | None = None,
                     available: Callable[[str], bool] | None = None,
-                    category_of: Callable[[str], str | None] | None = None) -> FastPathRecommender:
-        return cls(Bundle.load(folder), kind, gate, available=available, category_of=category_of)
+                    category_of: Callable[[str], str | None] | None = None, search: str = "auto"
+                    ) -> FastPathRecommender:
+        return cls(Bundle.load(folder), kind, gate, available=available, category_of=category_of, search=search)
 
     async def recommend(self, request: RecommendRequest) -> RecommendResult:
         loop = asyncio.get_running_loop()

@@ -97,6 +97,9 @@ class Settings:
                                        "baseline")
     fast_path: str = setting("last-title", "the fast path: last-title (the bundle's last-title mix-up) or id-only "
                                            "(SASRec alone: the fast path of earlier versions, kept to compare)")
+    fast_path_search: str = setting("auto", "the fast path's search over the stored vectors: exact, ivf (an "
+                                            "in-process inverted file: each query reads about 1/16 of them) or auto "
+                                            "(exact up to 50,000 items, ivf above)")
     gate: str = setting("bundle", "the gate before the LLM path: bundle (its choice, fitted on validation), open "
                                   "(every event to the LLM path) or closed (none)")
     serving_url: str = setting("", "Ray Serve ingress the stream calls (empty = none; `stylestream up` sets it)")
@@ -157,6 +160,9 @@ class Settings:
                               f"not {self.recommender!r}")
         if self.fast_path not in ("last-title", "id-only"):
             raise ConfigError(f"{env_name('fast_path')} must be last-title or id-only, not {self.fast_path!r}")
+        if self.fast_path_search not in ("auto", "exact", "ivf"):
+            raise ConfigError(f"{env_name('fast_path_search')} must be auto, exact or ivf, "
+                              f"not {self.fast_path_search!r}")
         if self.gate not in ("bundle", "open", "closed"):
             raise ConfigError(f"{env_name('gate')} must be bundle, open or closed, not {self.gate!r}")
         if self.trigger_mode not in ("live", "every-event", "off"):

@@ -242,3 +242,28 @@ def test_validation_text_at_anchor_equals_the_anchored_query():
     for a in (0.0, 0.3, 0.8):
         want = unit(anchored_text(gen, titles[last_rows], a)) @ titles.T
         np.testing.assert_allclose(h.text_at(a), want, atol=1e-5)
+
+
+def test_the_inverted_file_finds_what_the_exact_search_finds():
+    """Probing every list is the exact search; probing a few finds the nearest items of
+    clustered vectors; exclusions and withdrawn items hold either way."""
+    from models.mixup import IvfIndex
+
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((40, 16)).astype(np.float32)
+    x = centers[rng.integers(0, 40, 2000)] + 0.3 * rng.standard_normal((2000, 16)).astype(np.float32)
+    ids = [f"i{i}" for i in range(2000)]
+    available = np.ones(2000, bool)
+    available[::7] = False
+    q = x[:20] + 0.1 * rng.standard_normal((20, 16)).astype(np.float32)
+    exclude = [[ids[r + 1], ids[r + 2]] for r in range(20)]
+    exact = MixupIndex(ids, x, available).search(q, 10, exclude)
+    every = MixupIndex(ids, x, available).approximate(IvfIndex.build(x, lists=30, nprobe=30)).search(q, 10, exclude)
+    assert [[h.item_id for h in row] for row in every] == [[h.item_id for h in row] for row in exact]
+    some = MixupIndex(ids, x, available).approximate(IvfIndex.build(x, lists=30, nprobe=4)).search(q, 10, exclude)
+    overlap = np.mean([len({h.item_id for h in a} & {h.item_id for h in b}) / 10 for a, b in zip(exact, some)])
+    assert overlap >= 0.9
+    for row, ex in zip(some, exclude, strict=True):
+        assert not {h.item_id for h in row} & set(ex)
+        assert all(available[int(h.item_id[1:])] for h in row)
+        assert [h.score for h in row] == sorted((h.score for h in row), reverse=True)
