@@ -261,7 +261,8 @@ def test_the_inverted_file_finds_what_the_exact_search_finds():
     every = MixupIndex(ids, x, available).approximate(IvfIndex.build(x, lists=30, nprobe=30)).search(q, 10, exclude)
     assert [[h.item_id for h in row] for row in every] == [[h.item_id for h in row] for row in exact]
     some = MixupIndex(ids, x, available).approximate(IvfIndex.build(x, lists=30, nprobe=4)).search(q, 10, exclude)
-    overlap = np.mean([len({h.item_id for h in a} & {h.item_id for h in b}) / 10 for a, b in zip(exact, some, strict=True)])
+    overlap = np.mean([len({h.item_id for h in a} & {h.item_id for h in b}) / 10
+                       for a, b in zip(exact, some, strict=True)])
     assert overlap >= 0.9
     for row, ex in zip(some, exclude, strict=True):
         assert not {h.item_id for h in row} & set(ex)
