@@ -2,8 +2,8 @@
 
 Started here, as the dev stack starts them: the embedded broker (noida-db), the Milvus Lite
 server, local Ray with the Serve application (the LLM path, the bundle indexed in Milvus), the
-catalog indexer, and ONE stream worker with ``STYLESTREAM_RECOMMENDER=serving`` (the LLM path,
-the ID-only fast path behind it).
+catalog indexer, and ONE stream worker with ``STYLESTREAM_RECOMMENDER=serving`` and the gate open
+(the LLM path for every event, the fast path behind it).
 
 - A producer thread sends ``--rate`` events/s: the bundle's data set interactions, cycled, each
   with a fresh ``event_id`` and the current time (or, for a bundle of another data set,
@@ -430,12 +430,13 @@ def soak(args: argparse.Namespace, bundle: Bundle, data: Dataset | None, data_di
     warmup = min(args.warmup_seconds, seconds / 2)
     settings = Settings.from_env({"STYLESTREAM_HOME": str(work)}, bundle=bundle.folder, dataset=data_dir,
                                  serve_port=free_port(), ray_dashboard_port=free_port(), log_level="WARNING",
-                                 recommender="serving")
+                                 recommender="serving", gate="open")  # every event offered to the LLM path
     result: dict[str, Any] = {
         "config": {"minutes": args.minutes, "rate": args.rate, "malformed_share": args.malformed_share,
                    "duplicate_share": args.duplicate_share, "warmup_seconds": warmup,
                    "sample_seconds": args.sample_seconds, "events": events_from,
-                   "recommender": "serving (LLM path over Ray Serve, ID-only fast path fallback)",
+                   "recommender": "serving (gate open: the LLM path over Ray Serve for every event, the "
+                                  "last-title fast path when it is late)",
                    "catalog_items": len(catalog), "malformations": list(MALFORMATIONS),
                    **{k: getattr(settings, k) for k in ("broker", "topic_partitions", "trigger_every_clicks",
                                                         "trigger_idle_seconds", "serving_timeout_ms",
