@@ -242,7 +242,7 @@ class MixupRecommender:
         if self._categories is None:
             items = self.bundle.items()
             cats = items["category"] if "category" in items else [None] * len(items)
-            self._categories = {i: str(c) for i, c in zip(self.item_ids, cats, strict=True)
+            self._categories = {str(i): str(c) for i, c in zip(items["item_id"], cats, strict=True)
                                 if c is not None and c == c and str(c)}
         found = self._categories.get(item_id)
         return found if found is not None or self._category_of is None else self._category_of(item_id)
@@ -475,13 +475,17 @@ def with_repeats(rows: Sequence[Sequence[tuple[str, float]]], queries: np.ndarra
     whenever the search fetched ``k`` + (history items) candidates, since only history
     items gain."""
     vectors = rankable(list(dict.fromkeys(i for b in boosts for i in b)))
+    q = np.asarray(queries, np.float64)
     out = []
     for r, (row, boost) in enumerate(zip(rows, boosts, strict=True)):
         scores = dict(row)
         left_out = set(exclude[r]) if r < len(exclude) else set()
-        for item in boost:  # exact scores for the shopper's own items, whatever the search said, so
-            if item in vectors and item not in left_out:  # Milvus and the in-process index agree
-                scores[item] = float(np.asarray(vectors[item], np.float64) @ np.asarray(queries[r], np.float64))
+        # exact scores for the shopper's own items, whatever the search said, so Milvus and the
+        # in-process index agree
+        own = [item for item in boost if item in vectors and item not in left_out]
+        if own:
+            exact = np.asarray([vectors[item] for item in own], np.float64) @ q[r]
+            scores.update(zip(own, exact.tolist(), strict=True))
         for item, w in boost.items():
             if item in scores:
                 scores[item] += w
