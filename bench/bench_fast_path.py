@@ -65,7 +65,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=2, help="rounds of the stream runs (kinds alternate)")
     p.add_argument("--calls", type=int, default=300, help="in-process calls per kind and batch size")
     p.add_argument("--sizes", default=f"1000,10000,30000,{HM_ARTICLES}", help="catalogue sizes of part 3")
-    p.add_argument("--parts", default="process,stream,scale", help="which parts to run")
+    p.add_argument("--parts", default="process,stream,scale", help="which parts to run (and recall)")
+    p.add_argument("--recall-datasets", default="hm-sample,amazon-clothing-loo",
+                   help="part recall: data sets whose bench_quality.py bundle (home/eval-work/<name>/bundle) "
+                        "answers every test purchase exactly and through the inverted file")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "fast_path.json")
     return p.parse_args(argv)
 
@@ -178,7 +181,7 @@ def part_scale(bundle: Bundle, requests: list[RecommendRequest], sizes: list[int
             if search == "ivf":
                 index.approximate(IvfIndex.build(index.vectors))
             fast.rec._index, fast.rec._item_ids = index, ids
-            for batch in (1, 32):
+            for batch in (1, 8, 32):
                 state = {"i": 0}
 
                 def call(fast: FastPathRecommender = fast, batch: int = batch, state: dict = state) -> None:
@@ -191,6 +194,51 @@ def part_scale(bundle: Bundle, requests: list[RecommendRequest], sizes: list[int
                 rows.append(row)
                 print(f"[bench] scale: {json.dumps(row)}", flush=True)
     return {"rows": rows, "vectors": f"{width} floats per item (the bundle's title + ID halves)"}
+
+
+def part_recall(home: Path, names: list[str]) -> dict[str, Any]:
+    """What the approximate index costs: the fast path's Recall@10 on every test purchase of a
+    real data set, exact against the inverted file, paired; and how much of the exact top 10
+    the inverted file finds."""
+    from bench_quality import load_dataset, parse_args
+
+    from models.evaluate import EvalConfig, test_events
+    from models.metrics import hits_at_k, paired_bootstrap, recall_at_k
+    from models.recommender import event_histories
+
+    out: dict[str, Any] = {}
+    for name in names:
+        folder = home / "eval-work" / name / "bundle"
+        if not (folder / "bundle.json").is_file():
+            print(f"[bench] recall: no bundle in {folder} (run bench_quality.py --datasets {name} first)", flush=True)
+            continue
+        data = load_dataset(name, parse_args([]))
+        bundle = Bundle.load(folder)
+        bundle.require_data(data.data_hash())
+        events = test_events(data, EvalConfig(title_encoders=(bundle.chosen_encoder,)))
+        histories = event_histories(events)
+        ids = data.items["item_id"].astype(str).to_numpy()
+        targets = ids[events.targets]
+        rec = MixupRecommender(bundle)
+        answers = {}
+        for search in ("exact", "ivf"):
+            rec.index.approximate(IvfIndex.build(rec.index.vectors) if search == "ivf" else None)
+            started = time.perf_counter()
+            answers[search] = [[h.item_id for h in a.items] for lo in range(0, len(histories), 256)
+                               for a in rec.recommend_fast(histories[lo:lo + 256], 10)]
+            answers[f"{search}_seconds"] = round(time.perf_counter() - started, 1)
+        ranks = {s: np.array([a.index(t) if t in a else np.inf for a, t in zip(answers[s], targets, strict=True)])
+                 for s in ("exact", "ivf")}
+        ivf = rec.index.ivf
+        out[name] = {"items": len(rec.index), "events": len(events), "lists": len(ivf.centroids), "nprobe": ivf.nprobe,
+                     "recall@10_exact": recall_at_k(ranks["exact"], 10), "recall@10_ivf": recall_at_k(ranks["ivf"], 10),
+                     "ivf_minus_exact": paired_bootstrap(hits_at_k(ranks["ivf"], 10),
+                                                         hits_at_k(ranks["exact"], 10)).as_dict(),
+                     "overlap@10": float(np.mean([len(set(a) & set(b)) / max(len(a), 1) for a, b in
+                                                  zip(answers["exact"], answers["ivf"], strict=True)])),
+                     "seconds": {s: answers[f"{s}_seconds"] for s in ("exact", "ivf")}}
+        print(f"[bench] recall: {name}: {json.dumps(out[name])}", flush=True)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
             out["scale"] = part_scale(bundle, requests, [int(s) for s in args.sizes.split(",")], args.calls)
         if "stream" in parts:
             out["stream"] = part_stream(args, bundle, data, data_dir, work)
+        if "recall" in parts:
+            out["recall"] = part_recall(args.home, [n.strip() for n in args.recall_datasets.split(",") if n.strip()])
     finally:
         shutil.rmtree(work, ignore_errors=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)

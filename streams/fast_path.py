@@ -42,6 +42,7 @@ OVERFETCH = 32  # extra candidates per answer, for items the catalog has since w
 KINDS = (FAST_PATH, ID_ONLY_PATH)
 SEARCHES = ("auto", "exact", "ivf")
 IVF_ABOVE = 50_000  # "auto": the approximate index for catalogues larger than this
+LARGE_CATALOGUE_BATCH = 8  # most requests answered together above IVF_ABOVE items
 
 
 class FastPathRecommender:
@@ -71,6 +72,8 @@ class FastPathRecommender:
         self._waiting: list[tuple[RecommendRequest, asyncio.Future[RecommendResult]]] = []
         self._flush_at: asyncio.TimerHandle | None = None
         self.rec.sasrec  # noqa: B018 - load SASRec and the item vectors now, not on the first event
+        if len(self.rec.index) > IVF_ABOVE:  # each query costs more: smaller batches keep the wait short
+            self.max_batch = min(self.max_batch, LARGE_CATALOGUE_BATCH)
         if search == "ivf" or (search == "auto" and len(self.rec.index) > IVF_ABOVE):
             started = time.perf_counter()
             self.rec.index.approximate(IvfIndex.build(self.rec.index.vectors))
