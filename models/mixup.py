@@ -26,7 +26,7 @@ and :func:`choose_lambda`. Pure numpy; nothing here knows about Milvus.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -280,13 +280,16 @@ class MixupIndex:
         return np.asarray(q, dtype=np.float32) @ self.vectors.T
 
     def search(self, q: np.ndarray, k: int = 10,
-               exclude: Sequence[str] | Sequence[Sequence[str]] | None = None
-               ) -> list[Hit] | list[list[Hit]]:
+               exclude: Sequence[str] | Sequence[Sequence[str]] | None = None,
+               boosts: Sequence[Mapping[str, float]] | None = None) -> list[Hit] | list[list[Hit]]:
         """The ``k`` best available items, best first; ``exclude`` lists item ids to leave
-        out (one list for a single query, one list per query for a batch). Exact: one matrix
+        out (one list for a single query, one list per query for a batch); ``boosts`` (exact
+        search only) adds a score to some items per query (the repeat term). Exact: one matrix
         product and one partial sort for the whole batch; through :meth:`approximate`'s index,
         the items of each query's nearest lists only."""
         single = np.asarray(q).ndim == 1
+        if boosts is not None and self.ivf is not None:
+            raise ValueError("boosts need the exact search (every item scored)")
         if self.ivf is not None:
             out = self._search_lists(np.atleast_2d(np.asarray(q, np.float32)), k,
                                      [exclude] if single else (exclude or [None] * len(np.atleast_2d(q))))
@@ -298,6 +301,9 @@ class MixupIndex:
         for r, ex in enumerate(excl):
             if ex:
                 scores[r, [self.index[i] for i in ex if i in self.index]] = -np.inf
+        for r, boost in enumerate(boosts or ()):
+            rows = [self.index[i] for i in boost if i in self.index]
+            scores[r, rows] += np.asarray([boost[i] for i in boost if i in self.index], np.float32)
         top = top_k_matrix(scores, k)
         out = [[Hit(str(self.item_ids[i]), float(row[i])) for i in best if np.isfinite(row[i])]
                for row, best in zip(scores, top, strict=True)]

@@ -332,6 +332,9 @@ class MixupRecommender:
         b = backend if backend is not None else self.local
         q = np.atleast_2d(queries)
         extra = max((len(x) for x in boosts), default=0) if boosts else 0
+        if extra and not keep_own and isinstance(b, LocalSearch) and b.index.ivf is None:
+            # every item is scored in process anyway: the repeat term goes straight into the scores
+            return b.index.search(q, k, list(exclude), boosts=boosts)
         rows = [[(h.item_id, h.score) for h in row] for row in b.search(q, k + extra, exclude)]
         if extra:
             rows = with_repeats(rows, q, boosts, exclude, lambda ids: b.vectors(ids, in_stock_only=True),

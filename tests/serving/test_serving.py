@@ -73,7 +73,7 @@ def test_recommend_answers_as_the_in_process_path(served, tiny_bundle):
         answer = post(served.serving_url, body)
         history = History.of([e["item_id"] for e in body["history"]], [e["kind"] for e in body["history"]])
         local = rec.recommend([history], k=10)[0]
-        assert answer["path"] == "llm" and answer["model_version"] == rec.bundle.version
+        assert answer["path"] == local.path and answer["model_version"] == rec.bundle.version
         assert answer["generated_text"] == local.generated_text
         assert [i["item_id"] for i in answer["items"]] == [h.item_id for h in local.items]
         assert all(i["title"] for i in answer["items"])
