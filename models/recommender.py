@@ -3,8 +3,16 @@ query vector → ranked items, from one model bundle.
 
 Evaluation ranks the whole catalog with it; the Ray Serve Generator runs its first stage
 and the Retriever its second, with Milvus doing the search over the same stored vectors;
-the stream's fast path takes its ID-only answer. Offline figures and live answers
+the stream worker runs the fast path and the gate. Offline figures and live answers
 therefore cannot drift apart. Nothing here knows Kafka, Ray or Milvus.
+
+Two paths answer. The **fast path** (:meth:`MixupRecommender.recommend_fast`) is the
+last-title mix-up: the shopper's last item's stored title vector is the whole text query,
+with the bundle's fast fusion; no LLM, no encoder call. The **LLM path**
+(:meth:`MixupRecommender.recommend`) grounds the generated text. The **gate**
+(:meth:`MixupRecommender.decide`, :mod:`models.gate`) reads the fast path's answer and
+decides whether the LLM path is worth asking; :meth:`MixupRecommender.serve` is the whole
+served system in process.
 
 The stages, each batched:
 
@@ -15,9 +23,9 @@ The stages, each batched:
    names them: a predicted re-buy).
 3. :meth:`MixupRecommender.search`: one inner-product search over the stored item vectors,
    out-of-stock items never answered, on a :class:`SearchBackend`: the in-process index
-   here, the bundle's Milvus collection in serving. :meth:`MixupRecommender.recommend`
-   composes the stages (repeat term and repeat/explore split included) for either, so the
-   Retriever runs this very code rather than a copy of it.
+   here, the bundle's Milvus collection in serving. :meth:`MixupRecommender.rank`
+   composes the stages (repeat term and repeat/explore split included) for either path and
+   either backend, so the Retriever runs this very code rather than a copy of it.
 """
 
 from __future__ import annotations
